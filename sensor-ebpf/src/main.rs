@@ -1,0 +1,42 @@
+//! XDP program of the DNS sensor.
+//!
+//! Per packet: Ethernet/VLAN → IPv4/IPv6 → source in BLOCKLIST? (drop) → UDP/TCP to a DNS port →
+//! DNS header gate → QNAME walk → client in CLIENT_ALLOW? (count) → event into the ring buffer.
+//! Every path ends in exactly one outcome counter. The action is chosen in one place
+//! (`dns_sensor`): XDP_DROP for a blocklisted source, and otherwise XDP_PASS (inline mode, fail
+//! open) or XDP_DROP (mirror mode, the packet is a copy and has been read).
+// Built for real only for target_arch = "bpf"; for the host (a workspace member, checked by
+// clippy) the binary is an empty stub.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// The bpfel target has no `AtomicU64::fetch_add`; the intrinsic lowers to BPF_ATOMIC_ADD.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "atomic_xadd is the only 64-bit atomic add on bpfel"
+    )
+)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("sensor-ebpf is an XDP program: build it with `cargo xtask build-ebpf`");
+}
+
+#[cfg(target_arch = "bpf")]
+mod cursor;
+#[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
+mod ethernet;
+#[cfg(target_arch = "bpf")]
+mod ip;
+#[cfg(target_arch = "bpf")]
+mod program;
+#[cfg(target_arch = "bpf")]
+mod transport;
+
+/// Why a packet's path ended: the outcome counter to increment.
+#[cfg(target_arch = "bpf")]
+pub type Outcome = sensor_common::Counter;

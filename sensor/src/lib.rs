@@ -1,0 +1,15 @@
+//! The DNS sensor's userspace: config, loader, ring-buffer reader, decoder, JSON output.
+//!
+//! Stages, in the order events flow: [`loader`] (kernel program and maps) → [`reader`] (ring
+//! buffer) → [`decode`] (owned events) → [`output`] (JSON lines).
+
+pub mod bpffs;
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod loader;
+pub mod output;
+pub mod prefixes;
+pub mod reader;
+pub mod run;
+pub mod stats;

@@ -1,0 +1,300 @@
+//! Loading the XDP object, filling its maps from the config, attaching and pinning.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{Xdp, XdpMode},
+};
+use ipnet::IpNet;
+use sensor_common::{
+    AllowValue, BlockValue, Counters, MAX_DNS_PORTS, MODE_INLINE, MODE_MIRROR, PROGRAM_NAME,
+    map_names,
+};
+
+use crate::{
+    config::{CaptureMode, Config, XdpAttachMode},
+    prefixes::{PrefixError, PrefixMap},
+};
+
+/// The XDP object, built by build.rs (aya-build) for bpfel-unknown-none with BTF.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+
+/// Every map the program has, in the order they are pinned.
+pub const ALL_MAPS: [&str; 6] = [
+    map_names::EVENTS,
+    map_names::COUNTERS,
+    map_names::BLOCKLIST,
+    map_names::BLOCK_FILTER,
+    map_names::CLIENT_ALLOW,
+    map_names::ALLOW_FILTER,
+];
+
+/// The maps kept across restarts when `blocklist.keep_on_exit` is set.
+pub const BLOCKLIST_MAPS: [&str; 2] = [map_names::BLOCKLIST, map_names::BLOCK_FILTER];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the XDP program needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}")]
+    Privileges(String),
+    #[error("loading the XDP program failed: {0}")]
+    Load(String),
+    #[error("unknown interface {0:?}")]
+    UnknownInterface(String),
+    #[error("attaching to {interface} ({mode:?} mode) failed: {reason}")]
+    Attach {
+        interface: String,
+        mode: XdpAttachMode,
+        reason: String,
+    },
+    #[error("map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+    #[error("bpffs: {0}")]
+    Bpffs(std::io::Error),
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Settings baked into the program at load time (`.rodata`).
+#[derive(Debug, Clone)]
+pub struct ProgramSettings {
+    pub mode: CaptureMode,
+    pub dns_ports: Vec<u16>,
+}
+
+impl ProgramSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            mode: c.capture.mode,
+            dns_ports: c.capture.dns_ports.clone(),
+        }
+    }
+}
+
+impl Default for ProgramSettings {
+    fn default() -> Self {
+        Self {
+            mode: CaptureMode::Inline,
+            dns_ports: vec![53],
+        }
+    }
+}
+
+fn classify_load_error(e: impl std::fmt::Display + std::fmt::Debug) -> LoadError {
+    let text = format!("{e}");
+    let debug = format!("{e:?}");
+    if debug.contains("EPERM")
+        || text.contains("Operation not permitted")
+        || debug.contains("PermissionDenied")
+    {
+        LoadError::Privileges(text)
+    } else {
+        LoadError::Load(format!("{text} ({debug})").replace('\n', " "))
+    }
+}
+
+/// Loads the object into the kernel (not attached). With `pin_dir`, every map is created
+/// pinned there (an existing pin of the same name is reused: that is how a kept blocklist
+/// survives a restart).
+pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, LoadError> {
+    let mode = match settings.mode {
+        CaptureMode::Inline => MODE_INLINE,
+        CaptureMode::Mirror => MODE_MIRROR,
+    };
+    let mut ports = [0u16; MAX_DNS_PORTS];
+    for (slot, p) in ports.iter_mut().zip(&settings.dns_ports) {
+        *slot = *p;
+    }
+    let paths: Vec<(&'static str, PathBuf)> = match pin_dir {
+        Some(dir) => ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
+        None => Vec::new(),
+    };
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("MODE", &mode, true)
+        .override_global("DNS_PORTS", &ports, true);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(classify_load_error)?;
+    let prog: &mut Xdp = program(&mut ebpf);
+    prog.load().map_err(classify_load_error)?;
+    Ok(ebpf)
+}
+
+/// The XDP program of a loaded object.
+pub fn program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROGRAM_NAME)
+        .expect("the object defines the program")
+        .try_into()
+        .expect("the program is XDP")
+}
+
+/// Owned handles on the maps of a loaded object.
+pub struct Maps {
+    pub events: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, Counters>,
+    pub blocklist: PrefixMap<BlockValue>,
+    pub client_allow: PrefixMap<AllowValue>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
+    move |e| LoadError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object (the program keeps using them).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Ok(Self {
+            events: RingBuf::try_from(take(ebpf, map_names::EVENTS)?)
+                .map_err(map_err(map_names::EVENTS))?,
+            counters: PerCpuArray::try_from(take(ebpf, map_names::COUNTERS)?)
+                .map_err(map_err(map_names::COUNTERS))?,
+            blocklist: prefix_map(ebpf, map_names::BLOCKLIST, map_names::BLOCK_FILTER)?,
+            client_allow: prefix_map(ebpf, map_names::CLIENT_ALLOW, map_names::ALLOW_FILTER)?,
+        })
+    }
+
+    /// Makes CLIENT_ALLOW and BLOCKLIST hold exactly these entries.
+    pub fn fill(&mut self, allow: &[IpNet], block: &[IpNet]) -> Result<(), LoadError> {
+        self.client_allow.replace_all(allow)?;
+        self.blocklist.replace_all(block)?;
+        Ok(())
+    }
+
+    /// The counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, LoadError> {
+        read_counters(&self.counters).map_err(map_err(map_names::COUNTERS))
+    }
+}
+
+fn prefix_map<V: aya::Pod + Default>(
+    ebpf: &mut Ebpf,
+    trie: &'static str,
+    filter: &'static str,
+) -> Result<PrefixMap<V>, LoadError> {
+    Ok(PrefixMap {
+        name: trie,
+        trie: LpmTrie::try_from(take(ebpf, trie)?).map_err(map_err(trie))?,
+        filter: Array::try_from(take(ebpf, filter)?).map_err(map_err(filter))?,
+    })
+}
+
+/// Sums the per-CPU counters.
+pub fn read_counters(
+    map: &PerCpuArray<MapData, Counters>,
+) -> Result<Counters, aya::maps::MapError> {
+    let mut total = Counters::default();
+    for c in map.get(&0, 0)?.iter() {
+        total.add(c);
+    }
+    Ok(total)
+}
+
+/// Resolves interface names to indexes, before anything is loaded, so a typo fails cleanly.
+pub fn interface_indexes(names: &[String]) -> Result<HashMap<u32, String>, LoadError> {
+    let mut out = HashMap::new();
+    for name in names {
+        let idx = nix::net::if_::if_nametoindex(name.as_str())
+            .map_err(|_| LoadError::UnknownInterface(name.clone()))?;
+        out.insert(idx, name.clone());
+    }
+    Ok(out)
+}
+
+/// Attaches the program to each interface. The links are owned by the program: dropping the
+/// `Ebpf` (or the process dying) detaches them, so the kernel never keeps running a program
+/// nobody reads (fail open).
+pub fn attach(
+    ebpf: &mut Ebpf,
+    interfaces: &[String],
+    mode: XdpAttachMode,
+) -> Result<(), LoadError> {
+    let xdp_mode = match mode {
+        XdpAttachMode::Auto => XdpMode::Default,
+        XdpAttachMode::Native => XdpMode::Driver,
+        XdpAttachMode::Skb => XdpMode::Skb,
+    };
+    let prog = program(ebpf);
+    for name in interfaces {
+        let idx = nix::net::if_::if_nametoindex(name.as_str())
+            .map_err(|_| LoadError::UnknownInterface(name.clone()))?;
+        prog.attach_to_if_index(idx, xdp_mode)
+            .map_err(|e| LoadError::Attach {
+                interface: name.clone(),
+                mode,
+                reason: error_chain(&e),
+            })?;
+    }
+    Ok(())
+}
+
+/// Formats an error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s.replace('\n', " ")
+}
+
+/// Creates the pin directory (mounting bpffs first when needed) and removes stale pins from a
+/// sensor of the same name that did not exit cleanly, except `keep`.
+pub fn prepare_pin_dir(dir: &Path, keep: &[&str]) -> Result<(), LoadError> {
+    crate::bpffs::ensure_mounted(dir.parent().unwrap_or(dir)).map_err(LoadError::Bpffs)?;
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
+        path: dir.into(),
+        source,
+    })?;
+    for name in ALL_MAPS {
+        if keep.contains(&name) {
+            continue;
+        }
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => tracing::info!(map = name, "removed a stale pin"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(LoadError::PinDir {
+                    path: dir.join(name),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes this instance's pins, except `keep`; removes the directory when it is empty.
+pub fn unpin(dir: &Path, keep: &[&str]) {
+    for name in ALL_MAPS {
+        if !keep.contains(&name) {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    if let Some(root) = dir.parent() {
+        let _ = std::fs::remove_dir(root);
+    }
+}

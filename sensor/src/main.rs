@@ -1,0 +1,97 @@
+//! The `sensor` command.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use sensor::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "Kernel-accelerated DNS security sensor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the XDP program and write one JSON line per DNS query.
+    Run {
+        /// Config file (TOML). Without it the embedded defaults apply: stdout, inline mode.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Interface to attach to (repeatable); replaces `capture.interfaces`.
+        #[arg(long, short)]
+        interface: Vec<String>,
+    },
+    /// Print the kernel counters of a running sensor.
+    Stats {
+        /// The running sensor's config (for its name and pin directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file without touching the kernel.
+    CheckConfig { file: PathBuf },
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::from_toml("", "embedded defaults")?,
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, with the causes: what an operator reads in a journal.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, interface } => {
+            let mut config = load_config(config.as_ref())?;
+            if !interface.is_empty() {
+                config.capture.interfaces = interface;
+                config.validate()?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(sensor::run::run(config))
+        }
+        Command::Stats { config, json } => {
+            let config = load_config(config.as_ref())?;
+            let counters = sensor::stats::read(&config.pin_dir())?;
+            if json {
+                println!("{}", sensor::stats::json(&counters));
+            } else {
+                print!("{}", sensor::stats::render(&counters));
+            }
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            Config::from_file(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+    }
+}

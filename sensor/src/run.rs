@@ -1,0 +1,154 @@
+//! `sensor run`: load, fill, attach, read, write; detach and clean up on SIGINT/SIGTERM.
+
+use std::{
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+
+use crate::{
+    config::Config,
+    loader::{self, BLOCKLIST_MAPS, Maps, ProgramSettings},
+    output, reader,
+};
+
+/// Exclusive lock on the instance name, so two sensors never share (and unpin) one directory.
+struct InstanceLock {
+    _file: std::fs::File,
+}
+
+impl InstanceLock {
+    fn acquire(name: &str) -> anyhow::Result<Self> {
+        let dir = Path::new("/run/dns-sensor");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            anyhow::bail!(
+                "another sensor named {name:?} is running (lock {})",
+                path.display()
+            );
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// Removes the pins when dropped, on success and on every error path.
+struct PinGuard {
+    dir: PathBuf,
+    keep: &'static [&'static str],
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        loader::unpin(&self.dir, self.keep);
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.capture.interfaces.is_empty() {
+        anyhow::bail!(
+            "config key `capture.interfaces`: no interface to attach to (set it or pass --interface)"
+        );
+    }
+    let interfaces = loader::interface_indexes(&config.capture.interfaces)?;
+    let _lock = InstanceLock::acquire(&config.sensor.name)?;
+    let keep: &'static [&'static str] = if config.blocklist.keep_on_exit {
+        &BLOCKLIST_MAPS
+    } else {
+        &[]
+    };
+    let pin_dir = config.pin_dir();
+    loader::prepare_pin_dir(&pin_dir, keep)?;
+    let _pins = PinGuard {
+        dir: pin_dir.clone(),
+        keep,
+    };
+
+    let mut ebpf = loader::load(&ProgramSettings::from_config(&config), Some(&pin_dir))?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    maps.fill(&config.client_allow(), &config.blocklist())?;
+    // Dropping `ebpf` on an error below detaches whatever was attached.
+    loader::attach(
+        &mut ebpf,
+        &config.capture.interfaces,
+        config.capture.xdp_mode,
+    )?;
+    tracing::info!(
+        interfaces = ?config.capture.interfaces,
+        mode = ?config.capture.mode,
+        xdp_mode = ?config.capture.xdp_mode,
+        pins = %pin_dir.display(),
+        client_allow = config.filter.client_allow.len(),
+        blocklist = config.blocklist.entries.len(),
+        "sensor attached"
+    );
+
+    let counters = Arc::new(reader::StageCounters::default());
+    let (tx, rx) = mpsc::channel(config.output.queue_size);
+    let sink = output::open(&config.output).context("opening the output")?;
+    let writer = {
+        let counters = counters.clone();
+        let observer = config.sensor.name.clone();
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || output::write_all(rx, sink, observer, interfaces, counters))?
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reading = tokio::spawn(reader::run(maps.events, tx, counters.clone(), stop_rx));
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+
+    // Detach first, then take what the program wrote before it stopped: nothing is left behind
+    // in the ring buffer.
+    drop(ebpf);
+    let _ = stop_tx.send(true);
+    let (mut ring, tx) = reading.await.context("reader task")??;
+    reader::drain(&mut ring, &tx, &counters);
+    drop(tx);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
+
+    let kernel = maps.counters.get(&0, 0).ok().map(|per_cpu| {
+        let mut total = sensor_common::Counters::default();
+        per_cpu.iter().for_each(|c| total.add(c));
+        total
+    });
+    if let Some(k) = kernel {
+        tracing::info!(
+            packets = k.packets,
+            dns_queries = k.dns_queries,
+            events = k.events,
+            allowlisted = k.allowlisted,
+            blocked = k.blocked,
+            ring_full = k.ring_full,
+            "kernel counters at exit"
+        );
+    }
+    let stage = counters.snapshot();
+    tracing::info!(
+        records_read = stage[0].1,
+        decode_errors = stage[1].1,
+        output_queue_full = stage[2].1,
+        written = stage[3].1,
+        write_errors = stage[4].1,
+        "userspace counters at exit"
+    );
+    Ok(())
+}
