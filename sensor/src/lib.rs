@@ -13,3 +13,4 @@ pub mod prefixes;
 pub mod reader;
 pub mod run;
 pub mod stats;
+pub mod testkit;

@@ -1,0 +1,769 @@
+//! The XDP program in the real kernel through BPF_PROG_TEST_RUN (`Xdp::test_run`): crafted
+//! packets for every branch, asserting the action, the ring-buffer record (or its absence) and
+//! the exact counter changes. Needs root (CAP_BPF, CAP_PERFMON); fails without it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use ipnet::IpNet;
+use sensor::{
+    config::CaptureMode,
+    decode::{self, Query},
+    loader::{self, Maps, ProgramSettings},
+    testkit::packet::*,
+};
+use sensor_common::{Counter, Counters, Transport};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+struct Harness {
+    ebpf: Ebpf,
+    maps: Maps,
+    total: Counters,
+}
+
+struct Run {
+    action: u32,
+    events: Vec<Query>,
+    /// Counters that changed, with how much.
+    delta: Vec<(Counter, u64)>,
+}
+
+fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(ProgramSettings::default())
+    }
+
+    fn with(settings: ProgramSettings) -> Self {
+        let mut ebpf = loader::load(&settings, None).expect("load the XDP program (needs root)");
+        let maps = Maps::take(&mut ebpf).expect("maps");
+        Self {
+            ebpf,
+            maps,
+            total: Counters::default(),
+        }
+    }
+
+    fn lists(&mut self, allow: &[&str], block: &[&str]) {
+        let p = |v: &[&str]| {
+            let owned: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            sensor::config::parse_nets("test", &owned).expect("valid CIDRs")
+        };
+        self.maps.fill(&p(allow), &p(block)).expect("fill maps");
+    }
+
+    fn run(&mut self, frame: &[u8]) -> Run {
+        let before = self.maps.counters().expect("counters");
+        let t0 = mono_ns();
+        let r = loader::program(&mut self.ebpf)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("test_run on {} bytes: {e}", frame.len()));
+        let t1 = mono_ns();
+        let after = self.maps.counters().expect("counters");
+        let mut events = Vec::new();
+        while let Some(item) = self.maps.events.next() {
+            let ev = decode::record(&item).expect("record size");
+            let q = Query::from_event(&ev).expect("record decodes");
+            assert!(
+                q.ts_mono_ns >= t0 && q.ts_mono_ns <= t1,
+                "timestamp within the run"
+            );
+            events.push(q);
+        }
+        let delta = Counter::ALL
+            .iter()
+            .map(|&c| (c, after.get(c) - before.get(c)))
+            .filter(|&(_, d)| d != 0)
+            .collect();
+        self.total = after;
+        Run {
+            action: r.return_value,
+            events,
+            delta,
+        }
+    }
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// The query the program should report for a crafted packet.
+fn expected(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    id: u16,
+    name: &str,
+    qtype: u16,
+    transport: Transport,
+) -> Query {
+    Query {
+        ts_mono_ns: 0,
+        ifindex: 1,
+        vlan_outer: 0,
+        vlan_inner: 0,
+        src,
+        dst,
+        src_port: sport,
+        dst_port: 53,
+        transport,
+        dns_id: id,
+        qtype,
+        qclass: 1,
+        name: name.into(),
+    }
+}
+
+fn assert_event(run: &Run, mut want: Query) {
+    assert_eq!(run.events.len(), 1, "exactly one event");
+    let got = &run.events[0];
+    want.ts_mono_ns = got.ts_mono_ns;
+    // test_run delivers on the loopback device of the test's namespace.
+    want.ifindex = got.ifindex;
+    assert!(got.ifindex > 0);
+    assert_eq!(*got, want);
+}
+
+fn assert_delta(run: &Run, want: &[(Counter, u64)]) {
+    let mut want = want.to_vec();
+    want.sort_by_key(|&(c, _)| c as u32);
+    assert_eq!(run.delta, want, "counter changes");
+}
+
+use Counter::*;
+
+fn client4() -> IpAddr {
+    IpAddr::V4(v4("192.0.2.10"))
+}
+fn server4() -> IpAddr {
+    IpAddr::V4(v4("198.51.100.53"))
+}
+fn client6() -> IpAddr {
+    IpAddr::V6(v6("2001:db8::10"))
+}
+fn server6() -> IpAddr {
+    IpAddr::V6(v6("2001:db8::53"))
+}
+
+#[test]
+fn ipv4_udp_query_becomes_one_event() {
+    let mut h = Harness::new();
+    let run = h.run(&udp_query_frame(
+        client4(),
+        server4(),
+        40000,
+        0xbeef,
+        "WWW.Example.com",
+        1,
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert_event(
+        &run,
+        expected(
+            client4(),
+            server4(),
+            40000,
+            0xbeef,
+            "www.example.com",
+            1,
+            Transport::Udp,
+        ),
+    );
+    assert_delta(
+        &run,
+        &[(Packets, 1), (Ipv4, 1), (DnsQueries, 1), (Events, 1)],
+    );
+}
+
+#[test]
+fn ipv6_udp_query_becomes_one_event() {
+    let mut h = Harness::new();
+    let run = h.run(&udp_query_frame(
+        client6(),
+        server6(),
+        5353,
+        7,
+        "ipv6.example.org",
+        28,
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert_event(
+        &run,
+        expected(
+            client6(),
+            server6(),
+            5353,
+            7,
+            "ipv6.example.org",
+            28,
+            Transport::Udp,
+        ),
+    );
+    assert_delta(
+        &run,
+        &[(Packets, 1), (Ipv6, 1), (DnsQueries, 1), (Events, 1)],
+    );
+}
+
+#[test]
+fn vlan_and_qinq_tags_are_reported() {
+    let mut h = Harness::new();
+    let l3 = ipv4(
+        v4("192.0.2.10"),
+        v4("198.51.100.53"),
+        UDP,
+        &[],
+        0,
+        &udp(1000, 53, &dns_query(1, "a.b", 16)),
+    );
+    let run = h.run(&ether(&[(TPID_8021Q, 42)], ETH_IPV4, &l3));
+    let mut want = expected(client4(), server4(), 1000, 1, "a.b", 16, Transport::Udp);
+    want.vlan_outer = 42;
+    assert_event(&run, want.clone());
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Vlan, 1),
+            (Ipv4, 1),
+            (DnsQueries, 1),
+            (Events, 1),
+        ],
+    );
+
+    let run = h.run(&ether(
+        &[(TPID_8021AD, 100), (TPID_8021Q, 7)],
+        ETH_IPV4,
+        &l3,
+    ));
+    want.vlan_outer = 100;
+    want.vlan_inner = 7;
+    assert_event(&run, want);
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Vlan, 1),
+            (Ipv4, 1),
+            (DnsQueries, 1),
+            (Events, 1),
+        ],
+    );
+
+    // A third tag is beyond what the program parses: counted as not IP, passed.
+    let run = h.run(&ether(
+        &[(TPID_8021AD, 1), (TPID_8021Q, 2), (TPID_8021Q, 3)],
+        ETH_IPV4,
+        &l3,
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (NotIp, 1)]);
+}
+
+#[test]
+fn tcp_query_with_length_prefix_becomes_an_event() {
+    let mut h = Harness::new();
+    let msg = dns_query(0x1234, "mail.example.net", 15);
+    let run = h.run(&ip_frame(
+        client4(),
+        server4(),
+        TCP,
+        &tcp(45000, 53, &tcp_dns(&msg)),
+    ));
+    assert_event(
+        &run,
+        expected(
+            client4(),
+            server4(),
+            45000,
+            0x1234,
+            "mail.example.net",
+            15,
+            Transport::Tcp,
+        ),
+    );
+    let run = h.run(&ip_frame(
+        client6(),
+        server6(),
+        TCP,
+        &tcp(45001, 53, &tcp_dns(&msg)),
+    ));
+    assert_event(
+        &run,
+        expected(
+            client6(),
+            server6(),
+            45001,
+            0x1234,
+            "mail.example.net",
+            15,
+            Transport::Tcp,
+        ),
+    );
+
+    // SYN without payload, and a segment holding only part of the question.
+    let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &[])));
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
+    let partial = tcp_dns(&msg);
+    let run = h.run(&ip_frame(
+        client4(),
+        server4(),
+        TCP,
+        &tcp(45000, 53, &partial[..partial.len() - 3]),
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
+}
+
+#[test]
+fn ipv4_options_and_ipv6_extension_headers_are_walked() {
+    let mut h = Harness::new();
+    let seg = udp(1111, 53, &dns_query(9, "opt.example", 1));
+    for opts in [vec![1u8; 4], vec![1u8; 40]] {
+        let run = h.run(&ether(
+            &[],
+            ETH_IPV4,
+            &ipv4(v4("192.0.2.10"), v4("198.51.100.53"), UDP, &opts, 0, &seg),
+        ));
+        assert_event(
+            &run,
+            expected(
+                client4(),
+                server4(),
+                1111,
+                9,
+                "opt.example",
+                1,
+                Transport::Udp,
+            ),
+        );
+    }
+    let exts = [Ext::hop_by_hop(), Ext::dest_opts()];
+    let run = h.run(&ether(
+        &[],
+        ETH_IPV6,
+        &ipv6(v6("2001:db8::10"), v6("2001:db8::53"), UDP, &exts, &seg),
+    ));
+    assert_event(
+        &run,
+        expected(
+            client6(),
+            server6(),
+            1111,
+            9,
+            "opt.example",
+            1,
+            Transport::Udp,
+        ),
+    );
+
+    // More extension headers than the program walks: counted and passed.
+    let many: Vec<Ext> = (0..7).map(|_| Ext::dest_opts()).collect();
+    let run = h.run(&ether(
+        &[],
+        ETH_IPV6,
+        &ipv6(v6("2001:db8::10"), v6("2001:db8::53"), UDP, &many, &seg),
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert_delta(&run, &[(Packets, 1), (Ipv6, 1), (Ipv6ExtLimit, 1)]);
+}
+
+#[test]
+fn fragments_pass_untouched_and_are_counted() {
+    let mut h = Harness::new();
+    let seg = udp(1111, 53, &dns_query(9, "frag.example", 1));
+    let run = h.run(&ether(
+        &[],
+        ETH_IPV4,
+        &ipv4(v4("192.0.2.10"), v4("198.51.100.53"), UDP, &[], 185, &seg),
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (Fragment, 1)]);
+    let run = h.run(&ether(
+        &[],
+        ETH_IPV6,
+        &ipv6(
+            v6("2001:db8::10"),
+            v6("2001:db8::53"),
+            UDP,
+            &[Ext::fragment()],
+            &seg,
+        ),
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert_delta(&run, &[(Packets, 1), (Ipv6, 1), (Fragment, 1)]);
+}
+
+#[test]
+fn allowlisted_clients_make_no_event_and_are_counted() {
+    let mut h = Harness::new();
+    h.lists(&["192.0.2.0/24", "2001:db8::10"], &[]);
+    let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "x.example", 1));
+    assert_eq!(run.action, XDP_PASS);
+    assert!(run.events.is_empty());
+    assert_delta(
+        &run,
+        &[(Packets, 1), (Ipv4, 1), (DnsQueries, 1), (Allowlisted, 1)],
+    );
+    let run = h.run(&udp_query_frame(client6(), server6(), 1, 1, "x.example", 1));
+    assert_delta(
+        &run,
+        &[(Packets, 1), (Ipv6, 1), (DnsQueries, 1), (Allowlisted, 1)],
+    );
+    // A neighbour outside the entries still makes events.
+    let other = IpAddr::V4(v4("192.0.3.1"));
+    let run = h.run(&udp_query_frame(other, server4(), 1, 1, "x.example", 1));
+    assert_eq!(run.events.len(), 1);
+    let entries = h.maps.client_allow.entries().unwrap();
+    assert_eq!(
+        entries[&"192.0.2.0/24".parse::<IpNet>().unwrap()].queries,
+        1
+    );
+    assert_eq!(
+        entries[&"2001:db8::10/128".parse::<IpNet>().unwrap()].queries,
+        1
+    );
+}
+
+#[test]
+fn blocklisted_sources_are_dropped_and_counted_per_entry() {
+    let mut h = Harness::new();
+    h.lists(&[], &["192.0.2.10", "2001:db8::/64"]);
+    let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "x.example", 1));
+    assert_eq!(run.action, XDP_DROP);
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (Blocked, 1)]);
+    // Not only DNS: any packet from the source.
+    let run = h.run(&ip_frame(client4(), server4(), UDP, &udp(5, 443, b"hello")));
+    assert_eq!(run.action, XDP_DROP);
+    let run = h.run(&udp_query_frame(client6(), server6(), 1, 1, "x.example", 1));
+    assert_eq!(run.action, XDP_DROP);
+    assert_delta(&run, &[(Packets, 1), (Ipv6, 1), (Blocked, 1)]);
+    // Others pass.
+    let run = h.run(&udp_query_frame(
+        IpAddr::V4(v4("192.0.2.11")),
+        server4(),
+        1,
+        1,
+        "x.example",
+        1,
+    ));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(run.events.len(), 1);
+    let entries = h.maps.blocklist.entries().unwrap();
+    assert_eq!(
+        entries[&"192.0.2.10/32".parse::<IpNet>().unwrap()].packets,
+        2
+    );
+    assert_eq!(
+        entries[&"2001:db8::/64".parse::<IpNet>().unwrap()].packets,
+        1
+    );
+
+    // Removing the entry lets the source through again.
+    h.lists(&[], &["2001:db8::/64"]);
+    let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "x.example", 1));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(run.events.len(), 1);
+}
+
+#[test]
+fn mirror_mode_drops_after_reading_and_custom_ports_apply() {
+    let mut h = Harness::with(ProgramSettings {
+        mode: CaptureMode::Mirror,
+        dns_ports: vec![5300, 53],
+    });
+    let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "m.example", 1));
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(run.events.len(), 1);
+    let mut frame = ip_frame(
+        client4(),
+        server4(),
+        UDP,
+        &udp(9, 5300, &dns_query(3, "p.example", 1)),
+    );
+    let run = h.run(&frame);
+    assert_eq!(run.events[0].dst_port, 5300);
+    frame = ip_frame(
+        client4(),
+        server4(),
+        UDP,
+        &udp(9, 5301, &dns_query(3, "p.example", 1)),
+    );
+    let run = h.run(&frame);
+    assert_eq!(run.action, XDP_DROP);
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (NotDns, 1)]);
+}
+
+#[test]
+fn out_of_scope_packets_pass_and_are_counted() {
+    let mut h = Harness::new();
+    let mut arp = ether(&[], 0x0806, &[0u8; 28]);
+    let run = h.run(&arp);
+    assert_eq!(
+        (run.action, run.delta.clone()),
+        (XDP_PASS, vec![(Packets, 1), (NotIp, 1)])
+    );
+    arp.truncate(14);
+    let run = h.run(&ip_frame(
+        client4(),
+        server4(),
+        UDP,
+        &udp(53, 40000, &dns_query(1, "resp.example", 1)),
+    ));
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (NotDns, 1)]);
+    let run = h.run(&ip_frame(
+        client4(),
+        server4(),
+        1,
+        &[8, 0, 0, 0, 0, 0, 0, 0],
+    ));
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (NotDns, 1)]);
+}
+
+/// Each malformed input: the counter it must land in.
+#[test]
+fn malformed_dns_is_passed_and_counted_by_reason() {
+    let mut h = Harness::new();
+    let frame = |msg: Vec<u8>| ip_frame(client4(), server4(), UDP, &udp(1, 53, &msg));
+    let q = |wire: Vec<u8>| question(&wire, 1, 1);
+    let label64 = {
+        let mut w = vec![64u8];
+        w.extend_from_slice(&[b'a'; 64]);
+        w.push(0);
+        w
+    };
+    // 4 labels of 63 = 256 bytes + root: over 255.
+    let too_long = {
+        let mut w = Vec::new();
+        for _ in 0..4 {
+            w.push(63);
+            w.extend_from_slice(&[b'b'; 63]);
+        }
+        w.push(0);
+        w
+    };
+    // Exactly 255 with the root: allowed.
+    let longest = {
+        let mut w = Vec::new();
+        for _ in 0..3 {
+            w.push(63);
+            w.extend_from_slice(&[b'c'; 63]);
+        }
+        w.push(61);
+        w.extend_from_slice(&[b'd'; 61]);
+        w.push(0);
+        assert_eq!(w.len(), 255);
+        w
+    };
+    let pointer = vec![3, b'w', b'w', b'w', 0xc0, 12];
+    let cases: Vec<(&str, Vec<u8>, Counter)> = vec![
+        (
+            "label over 63",
+            dns_message(DnsHeader::query(1), &q(label64)),
+            DnsLabelTooLong,
+        ),
+        (
+            "name over 255",
+            dns_message(DnsHeader::query(1), &q(too_long)),
+            DnsNameTooLong,
+        ),
+        (
+            "pointer in QNAME",
+            dns_message(DnsHeader::query(1), &q(pointer)),
+            DnsCompression,
+        ),
+        (
+            "QDCOUNT 0",
+            dns_message(
+                DnsHeader {
+                    qdcount: 0,
+                    ..DnsHeader::query(1)
+                },
+                &[],
+            ),
+            DnsQdcount,
+        ),
+        (
+            "QDCOUNT 2",
+            dns_message(
+                DnsHeader {
+                    qdcount: 2,
+                    ..DnsHeader::query(1)
+                },
+                &q(wire_name("a.b")),
+            ),
+            DnsQdcount,
+        ),
+        (
+            "QR=1",
+            dns_message(
+                DnsHeader {
+                    flags: 0x8180,
+                    ..DnsHeader::query(1)
+                },
+                &q(wire_name("a.b")),
+            ),
+            DnsResponse,
+        ),
+        (
+            "opcode NOTIFY",
+            dns_message(
+                DnsHeader {
+                    flags: 4 << 11,
+                    ..DnsHeader::query(1)
+                },
+                &q(wire_name("a.b")),
+            ),
+            DnsOpcode,
+        ),
+        (
+            "no QTYPE",
+            dns_message(DnsHeader::query(1), &wire_name("a.b")),
+            DnsTruncated,
+        ),
+    ];
+    for (what, msg, counter) in cases {
+        let run = h.run(&frame(msg));
+        assert_eq!(run.action, XDP_PASS, "{what}");
+        assert!(run.events.is_empty(), "{what}: no event");
+        assert_eq!(
+            run.delta,
+            vec![(Packets, 1), (Ipv4, 1), (counter, 1)],
+            "{what}"
+        );
+    }
+    let run = h.run(&frame(dns_message(DnsHeader::query(1), &q(longest))));
+    assert_eq!(run.events.len(), 1, "a 255-byte name is valid");
+    assert_eq!(run.events[0].name.len(), 253);
+
+    // Bad IHL.
+    let mut pkt = ip_frame(
+        client4(),
+        server4(),
+        UDP,
+        &udp(1, 53, &dns_query(1, "a.b", 1)),
+    );
+    pkt[14] = 0x44;
+    let run = h.run(&pkt);
+    assert_eq!(run.delta, vec![(Packets, 1), (Ipv4, 1), (BadIpv4, 1)]);
+    // IHL larger than the packet.
+    let mut short = ip_frame(client4(), server4(), UDP, &[]);
+    short[14] = 0x4f;
+    let run = h.run(&short);
+    assert_eq!(run.delta, vec![(Packets, 1), (Ipv4, 1), (BadIpv4, 1)]);
+}
+
+/// Cutting a query at every byte offset: always XDP_PASS, never an event, and exactly one
+/// outcome counter, the one for the layer that was cut.
+#[test]
+fn truncation_at_every_offset_is_passed_and_counted() {
+    let mut h = Harness::new();
+    let msg = dns_query(77, "cut.example.com", 1);
+    let kinds: Vec<(&str, Vec<u8>, Vec<(usize, Counter)>)> = vec![
+        (
+            "ipv4/udp",
+            ip_frame(client4(), server4(), UDP, &udp(1, 53, &msg)),
+            vec![(34, BadIpv4), (42, BadL4), (usize::MAX, DnsTruncated)],
+        ),
+        (
+            "ipv6/udp",
+            ip_frame(client6(), server6(), UDP, &udp(1, 53, &msg)),
+            vec![(54, BadIpv6), (62, BadL4), (usize::MAX, DnsTruncated)],
+        ),
+        (
+            "ipv4/tcp",
+            ip_frame(client4(), server4(), TCP, &tcp(1, 53, &tcp_dns(&msg))),
+            vec![(34, BadIpv4), (54, BadL4), (usize::MAX, TcpNoQuestion)],
+        ),
+        (
+            "qinq/ipv4/udp",
+            ether(
+                &[(TPID_8021AD, 5), (TPID_8021Q, 6)],
+                ETH_IPV4,
+                &ipv4(
+                    v4("192.0.2.10"),
+                    v4("198.51.100.53"),
+                    UDP,
+                    &[],
+                    0,
+                    &udp(1, 53, &msg),
+                ),
+            ),
+            vec![
+                (22, BadEthernet),
+                (42, BadIpv4),
+                (50, BadL4),
+                (usize::MAX, DnsTruncated),
+            ],
+        ),
+    ];
+    for (what, full, bounds) in kinds {
+        assert_eq!(
+            h.run(&full).events.len(),
+            1,
+            "{what}: the whole packet is a query"
+        );
+        for len in 14..full.len() {
+            let run = h.run(&full[..len]);
+            assert_eq!(run.action, XDP_PASS, "{what} cut at {len}");
+            assert!(run.events.is_empty(), "{what} cut at {len}: no event");
+            let want = bounds.iter().find(|(end, _)| len < *end).expect("bound").1;
+            let outcomes: Vec<_> = run.delta.iter().filter(|(c, _)| c.is_outcome()).collect();
+            assert_eq!(outcomes, vec![&(want, 1)], "{what} cut at {len}");
+        }
+    }
+}
+
+#[test]
+fn every_packet_ends_in_exactly_one_outcome() {
+    let mut h = Harness::new();
+    h.lists(&["192.0.2.0/25"], &["192.0.2.200"]);
+    let mut frames = Vec::new();
+    for i in 0..=255u8 {
+        let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, i));
+        frames.push(udp_query_frame(src, server4(), 1, i as u16, "c.example", 1));
+        let mut f = udp_query_frame(src, server4(), 1, i as u16, "c.example", 1);
+        f.truncate(14 + (i as usize % f.len().saturating_sub(14)));
+        frames.push(f);
+    }
+    for f in &frames {
+        let run = h.run(f);
+        let outcomes: u64 = run
+            .delta
+            .iter()
+            .filter(|(c, _)| c.is_outcome())
+            .map(|&(_, d)| d)
+            .sum();
+        assert_eq!(outcomes, 1);
+    }
+    let t = h.total;
+    let sum: u64 = Counter::ALL
+        .iter()
+        .filter(|c| c.is_outcome())
+        .map(|&c| t.get(c))
+        .sum();
+    assert_eq!(t.packets, frames.len() as u64);
+    assert_eq!(sum, t.packets);
+    assert_eq!(t.dns_queries, t.events + t.allowlisted + t.ring_full);
+    assert_eq!(t.allowlisted, 128);
+    assert_eq!(t.blocked, 2);
+}
