@@ -10,6 +10,7 @@ pub mod decode;
 pub mod loader;
 pub mod output;
 pub mod prefixes;
+pub mod privileges;
 pub mod reader;
 pub mod run;
 pub mod stats;

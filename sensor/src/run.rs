@@ -62,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let interfaces = loader::interface_indexes(&config.capture.interfaces)?;
+    crate::privileges::check()?;
     let _lock = InstanceLock::acquire(&config.sensor.name)?;
     let keep: &'static [&'static str] = if config.blocklist.keep_on_exit {
         &BLOCKLIST_MAPS

@@ -1,0 +1,114 @@
+//! The real `sensor` binary run as a child process by live tests: started with a config file,
+//! awaited until it reports that it is attached, stopped with SIGTERM by its PID.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+pub struct Daemon {
+    child: Option<Child>,
+    stdout_path: PathBuf,
+    stderr_lines: mpsc::Receiver<String>,
+    pub stderr_seen: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `binary run --config config` and waits (up to 60 s) for "sensor attached".
+    pub fn start(binary: &Path, config: &Path, workdir: &Path) -> Self {
+        let stdout_path = workdir.join("events.jsonl");
+        let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
+        let mut child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sensor");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Self {
+            child: Some(child),
+            stdout_path,
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+        };
+        d.wait_for_log("sensor attached", Duration::from_secs(60));
+        d
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with what was seen on timeout or exit.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "sensor did not log {needle:?}; stderr:\n{}",
+                    self.stderr_seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGTERM, wait for exit (must be success), and return the JSON lines it wrote.
+    pub fn stop(&mut self) -> Vec<String> {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal the sensor");
+        let status = child.wait().expect("wait");
+        // Collect the rest of stderr (the exit summary).
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
+            self.stderr_seen.push(line);
+        }
+        assert!(
+            status.success(),
+            "sensor exited with {status}; stderr:\n{}",
+            self.stderr_seen.join("\n")
+        );
+        std::fs::read_to_string(&self.stdout_path)
+            .expect("events file")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A failed test still ends the sensor it started (by PID) so links and pins go away.
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}
