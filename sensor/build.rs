@@ -1,13 +1,19 @@
-//! Builds the XDP program (sensor-ebpf) for bpfel-unknown-none with the nightly toolchain and
-//! bpf-linker, with BTF, into OUT_DIR; `src/loader.rs` embeds it. `cargo xtask build-ebpf` calls
-//! the same aya-build function with the same arguments, so there is one build path.
-fn main() -> anyhow::Result<()> {
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "sensor-ebpf",
-            root_dir: "../sensor-ebpf",
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+//! Builds the XDP program (sensor-ebpf) into OUT_DIR, where `src/loader.rs` embeds it.
+//! `cargo xtask build-ebpf` calls the same function (crate sensor-build): one build path.
+use std::path::Path;
+
+fn main() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+    let workspace = Path::new(&manifest)
+        .parent()
+        .expect("sensor/ is inside the workspace");
+    for dir in ["sensor-ebpf", "sensor-common", "sensor-build"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    let out = std::env::var("OUT_DIR").expect("set by cargo");
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("set by cargo");
+    if let Err(e) = sensor_build::build_ebpf(workspace, Path::new(&out), &arch) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
 }

@@ -38,13 +38,40 @@ fn tshark_queries(file: &Path) -> Vec<(String, String, u16)> {
     let out = Command::new("tshark")
         .args(["-r"])
         .arg(file)
-        .args(["-Y", "dns.flags.response == 0", "-T", "fields", "-E", "separator=\t"])
-        .args(["-e", "ip.src", "-e", "ipv6.src", "-e", "udp.dstport", "-e", "tcp.dstport"])
-        .args(["-e", "dns.flags.opcode", "-e", "dns.count.queries", "-e", "dns.qry.name"])
+        .args([
+            "-Y",
+            "dns.flags.response == 0",
+            "-T",
+            "fields",
+            "-E",
+            "separator=\t",
+        ])
+        .args([
+            "-e",
+            "ip.src",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "tcp.dstport",
+        ])
+        .args([
+            "-e",
+            "dns.flags.opcode",
+            "-e",
+            "dns.count.queries",
+            "-e",
+            "dns.qry.name",
+        ])
         .args(["-e", "dns.qry.type", "-e", "_ws.malformed"])
         .output()
         .expect("run tshark (apt package tshark)");
-    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut found = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -58,7 +85,11 @@ fn tshark_queries(file: &Path) -> Vec<(String, String, u16)> {
             && !get(6).is_empty()
             && !get(6).starts_with('<');
         if in_scope {
-            found.push((client.to_owned(), get(6).to_ascii_lowercase(), get(7).parse().expect("qtype")));
+            found.push((
+                client.to_owned(),
+                get(6).to_ascii_lowercase(),
+                get(7).parse().expect("qtype"),
+            ));
         }
     }
     found
@@ -70,7 +101,11 @@ fn stats(config: &Path) -> Value {
         .arg(config)
         .output()
         .expect("sensor stats");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
@@ -82,15 +117,23 @@ fn corpus_replay_matches_tshark() {
     for f in &files {
         frames.extend(pcap::ethernet_frames(f));
         for (client, name, qtype) in tshark_queries(f) {
-            *expected.entry((client, name, sensor::decode::qtype_name(qtype))).or_default() += 1;
+            *expected
+                .entry((client, name, sensor::decode::qtype_name(qtype)))
+                .or_default() += 1;
         }
     }
     let expected_total: usize = expected.values().sum();
-    assert!(expected_total >= 25, "the corpus holds in-scope queries: {expected:#?}");
+    assert!(
+        expected_total >= 25,
+        "the corpus holds in-scope queries: {expected:#?}"
+    );
 
     let topo = Topology::new(false);
     let largest = frames.iter().map(Vec::len).max().unwrap_or(0);
-    assert!(largest <= 1514, "frames fit the veth's default MTU ({largest} bytes)");
+    assert!(
+        largest <= 1514,
+        "frames fit the veth's default MTU ({largest} bytes)"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let replay = dir.path().join("corpus.pcap");
     pcap::write(&replay, &frames);
@@ -106,7 +149,14 @@ fn corpus_replay_matches_tshark() {
     )
     .unwrap();
     let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_sensor")), &config, dir.path());
-    topo.exec(&["tcpreplay", "-q", "--topspeed", "-i", &topo.peer_if, &replay.display().to_string()]);
+    topo.exec(&[
+        "tcpreplay",
+        "-q",
+        "--topspeed",
+        "-i",
+        &topo.peer_if,
+        &replay.display().to_string(),
+    ]);
 
     // Wait until the program has seen every frame (veth delivers asynchronously).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -119,9 +169,21 @@ fn corpus_replay_matches_tshark() {
     };
     let lines = daemon.stop();
 
-    assert_eq!(counters["packets"], frames.len() as u64, "every replayed frame reached XDP, nothing else did: {counters}");
-    let outcomes: u64 = Counter::ALL.iter().filter(|c| c.is_outcome()).map(|c| counters[c.name()].as_u64().unwrap()).sum();
-    assert_eq!(outcomes, frames.len() as u64, "every packet accounted for by one counter: {counters}");
+    assert_eq!(
+        counters["packets"],
+        frames.len() as u64,
+        "every replayed frame reached XDP, nothing else did: {counters}"
+    );
+    let outcomes: u64 = Counter::ALL
+        .iter()
+        .filter(|c| c.is_outcome())
+        .map(|c| counters[c.name()].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        outcomes,
+        frames.len() as u64,
+        "every packet accounted for by one counter: {counters}"
+    );
     assert_eq!(counters["events"], expected_total as u64, "{counters}");
 
     let mut got: BTreeMap<(String, String, String), usize> = BTreeMap::new();
@@ -134,5 +196,8 @@ fn corpus_replay_matches_tshark() {
         );
         *got.entry(key).or_default() += 1;
     }
-    assert_eq!(got, expected, "the sensor reports exactly the in-scope queries tshark shows");
+    assert_eq!(
+        got, expected,
+        "the sensor reports exactly the in-scope queries tshark shows"
+    );
 }

@@ -13,8 +13,8 @@ pub mod maps;
 pub use counters::{Counter, Counters};
 pub use event::{Event, Family, Transport};
 pub use maps::{
-    AllowValue, BlockValue, LpmAddr, PREFIX_FILTER_WORDS, ipv4_mapped, is_ipv4_mapped,
-    prefix_filter_bucket,
+    AllowValue, BlockValue, LpmAddr, PREFIX_FILTER_WORDS, bucket_of_first_word, ipv4_mapped,
+    is_ipv4_mapped, prefix_filter_bucket,
 };
 
 /// Longest DNS name in wire format (RFC 1035 §2.3.4), including the root label.
@@ -50,3 +50,5 @@ pub mod map_names {
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "dns_sensor";
+/// A program in the same object that only returns XDP_PASS: the benchmark's floor.
+pub const NOOP_PROGRAM_NAME: &str = "noop";

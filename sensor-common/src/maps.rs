@@ -57,11 +57,21 @@ pub const PREFIX_FILTER_WORDS: u32 = 2048;
 /// The filter bucket (bit index, `0..131072`) of an address in the trie's 16-byte form.
 #[inline(always)]
 pub const fn prefix_filter_bucket(addr: &LpmAddr) -> u32 {
-    if is_ipv4_mapped(addr) {
-        ((addr[12] as u32) << 8) | addr[13] as u32
+    bucket_of_first_word(
+        is_ipv4_mapped(addr),
+        u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_be_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    )
+}
+
+/// The same bucket from the address's words in host order: the first 32 bits (IPv6) or the
+/// IPv4 address. The XDP program calls this directly with what it loaded from the packet.
+#[inline(always)]
+pub const fn bucket_of_first_word(ipv4: bool, v6_first: u32, v4: u32) -> u32 {
+    if ipv4 {
+        v4 >> 16
     } else {
-        let w = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
-        65536 + ((w ^ (w >> 16)) & 0xffff)
+        65536 + ((v6_first ^ (v6_first >> 16)) & 0xffff)
     }
 }
 

@@ -28,21 +28,16 @@ impl Packet {
         }
     }
 
-    /// Reads `N` bytes at `off`.
+    /// Reads a `T` at `off` with one load of its size (the packet is not aligned for `T`).
     #[inline(always)]
-    pub fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        // SAFETY: `at` proved the N bytes lie inside [data, data_end); [u8; N] has alignment 1.
-        self.at::<N>(off).map(|p| unsafe { *p })
-    }
-
-    #[inline(always)]
-    pub fn u8(&self, off: usize) -> Option<u8> {
-        self.bytes::<1>(off).map(|b| b[0])
-    }
-
-    /// Reads a big-endian u16 at `off`.
-    #[inline(always)]
-    pub fn be16(&self, off: usize) -> Option<u16> {
-        self.bytes::<2>(off).map(u16::from_be_bytes)
+    pub fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        let p = self.start + off;
+        if p + core::mem::size_of::<T>() > self.end {
+            None
+        } else {
+            // SAFETY: the bytes lie inside [data, data_end); read_unaligned has no alignment
+            // requirement, and T is plain data (integers) for every caller.
+            Some(unsafe { core::ptr::read_unaligned(p as *const T) })
+        }
     }
 }

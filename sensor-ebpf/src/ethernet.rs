@@ -1,7 +1,8 @@
 //! Ethernet II with up to two VLAN tags (802.1Q 0x8100, 802.1ad 0x88a8).
 
-use crate::{Outcome, cursor::Packet};
 use sensor_common::Counter;
+
+use crate::{Outcome, cursor::Packet};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -19,29 +20,36 @@ pub struct L2 {
 }
 
 #[inline(always)]
+fn is_vlan(proto: u16) -> bool {
+    proto == ETH_P_8021Q || proto == ETH_P_8021AD
+}
+
+#[inline(always)]
 pub fn parse(pkt: &Packet) -> Result<L2, Outcome> {
-    let mut proto = pkt.be16(12).ok_or(Counter::BadEthernet)?;
-    let mut off = ETH_HLEN;
-    let mut vlans = [0u16; 2];
-    let mut i = 0;
-    while i < 2 {
-        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
-            break;
+    let mut proto = u16::from_be(pkt.load::<u16>(12).ok_or(Counter::BadEthernet)?);
+    let mut l2 = L2 {
+        proto,
+        l3_off: ETH_HLEN,
+        vlan_outer: 0,
+        vlan_inner: 0,
+    };
+    if is_vlan(proto) {
+        // TCI and the next ethertype in one load.
+        let tag = u32::from_be(pkt.load::<u32>(ETH_HLEN).ok_or(Counter::BadEthernet)?);
+        l2.vlan_outer = (tag >> 16) as u16 & 0x0fff;
+        proto = tag as u16;
+        l2.l3_off += 4;
+        if is_vlan(proto) {
+            let tag = u32::from_be(pkt.load::<u32>(ETH_HLEN + 4).ok_or(Counter::BadEthernet)?);
+            l2.vlan_inner = (tag >> 16) as u16 & 0x0fff;
+            proto = tag as u16;
+            l2.l3_off += 4;
         }
-        let tag = pkt.bytes::<4>(off).ok_or(Counter::BadEthernet)?;
-        vlans[i] = u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff;
-        proto = u16::from_be_bytes([tag[2], tag[3]]);
-        off += 4;
-        i += 1;
     }
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         // Includes a third VLAN tag: out of scope, counted, passed.
         return Err(Counter::NotIp);
     }
-    Ok(L2 {
-        proto,
-        l3_off: off,
-        vlan_outer: vlans[0],
-        vlan_inner: vlans[1],
-    })
+    l2.proto = proto;
+    Ok(l2)
 }

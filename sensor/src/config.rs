@@ -93,6 +93,9 @@ pub struct CaptureSection {
     pub mode: CaptureMode,
     /// UDP and TCP destination ports carrying DNS queries (at most 8).
     pub dns_ports: Vec<u16>,
+    /// Nanosecond event timestamps (`bpf_ktime_get_ns`) instead of the coarse clock (one
+    /// scheduler tick). Costs a clock read per event, expensive on some virtual machines.
+    pub precise_timestamps: bool,
 }
 
 impl Default for CaptureSection {
@@ -102,6 +105,7 @@ impl Default for CaptureSection {
             xdp_mode: XdpAttachMode::Auto,
             mode: CaptureMode::Inline,
             dns_ports: vec![53],
+            precise_timestamps: false,
         }
     }
 }

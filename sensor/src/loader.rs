@@ -21,7 +21,7 @@ use crate::{
     prefixes::{PrefixError, PrefixMap},
 };
 
-/// The XDP object, built by build.rs (aya-build) for bpfel-unknown-none with BTF.
+/// The XDP object, built by build.rs (crate sensor-build) for bpfel-unknown-none with BTF.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
@@ -72,6 +72,7 @@ pub enum LoadError {
 pub struct ProgramSettings {
     pub mode: CaptureMode,
     pub dns_ports: Vec<u16>,
+    pub precise_timestamps: bool,
 }
 
 impl ProgramSettings {
@@ -79,6 +80,7 @@ impl ProgramSettings {
         Self {
             mode: c.capture.mode,
             dns_ports: c.capture.dns_ports.clone(),
+            precise_timestamps: c.capture.precise_timestamps,
         }
     }
 }
@@ -88,6 +90,7 @@ impl Default for ProgramSettings {
         Self {
             mode: CaptureMode::Inline,
             dns_ports: vec![53],
+            precise_timestamps: false,
         }
     }
 }
@@ -136,7 +139,12 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
 
 /// The XDP program of a loaded object.
 pub fn program(ebpf: &mut Ebpf) -> &mut Xdp {
-    ebpf.program_mut(PROGRAM_NAME)
+    named_program(ebpf, PROGRAM_NAME)
+}
+
+/// A program of the object by name (`PROGRAM_NAME` or `NOOP_PROGRAM_NAME`).
+pub fn named_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
         .expect("the object defines the program")
         .try_into()
         .expect("the program is XDP")

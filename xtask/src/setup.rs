@@ -1,0 +1,295 @@
+//! `cargo xtask setup`: install what the build and the tests need, idempotently.
+//!
+//! Every item is checked first and skipped when present, so CI can run this on every run. One
+//! line per item: "ok: X present" or "installing X".
+
+use std::{
+    fs,
+    io::ErrorKind,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+/// Always needed: the daemon's operators and the tests inspect loaded maps with it.
+const BUILD_PACKAGES: &[&str] = &["bpftool"];
+
+/// Only for the tests: real DNS clients, replay and capture tools, and `ip netns`.
+const TEST_PACKAGES: &[&str] = &[
+    "dnsutils",
+    "tcpreplay",
+    "tshark",
+    "tcpdump",
+    "knot-dnsutils",
+    "iproute2",
+];
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn setup(test_deps: bool) -> Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    let mut packages = BUILD_PACKAGES.to_vec();
+    if test_deps {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    debian_packages(&packages)?;
+    // Without --test-deps the daemon mounts bpffs itself when it needs to pin.
+    if test_deps {
+        bpffs()?;
+    }
+    Ok(())
+}
+
+/// The eBPF crate builds `core` from source (`-Z build-std=core`), which needs the nightly
+/// toolchain and its rust-src component.
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if toolchains.lines().any(is_plain_nightly) {
+        println!("ok: nightly toolchain present");
+    } else {
+        println!("installing nightly toolchain");
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    // Lines look like "rust-src" (it has no target suffix).
+    if installed
+        .lines()
+        .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src "))
+    {
+        println!("ok: rust-src (nightly) present");
+    } else {
+        println!("installing rust-src (nightly)");
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// A `rustup toolchain list` line for the moving `nightly` channel ("nightly-<host> (...)"), not
+/// a dated one ("nightly-2024-01-01-<host>"), which sensor-build's `rustup run nightly` ignores.
+fn is_plain_nightly(line: &str) -> bool {
+    let name = line.split_whitespace().next().unwrap_or_default();
+    name == "nightly"
+        || name
+            .strip_prefix("nightly-")
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// bpf-linker must link against the same LLVM major as the nightly rustc that emits the
+/// bitcode. No system LLVM of that version exists, so it links against the nightly's own
+/// libLLVM, found through a prefix of symlinks.
+fn bpf_linker() -> Result<()> {
+    // Running it (not just finding it) also catches a broken dynamic link, e.g. after the
+    // nightly that provided its libLLVM was updated away.
+    let broken = match cmd::output(Command::new("bpf-linker").arg("--version")) {
+        Ok(version) => {
+            println!("ok: bpf-linker present ({})", version.trim());
+            return Ok(());
+        }
+        Err(err) if err.downcast_ref::<cmd::ProgramNotFound>().is_some() => None,
+        Err(err) => Some(err),
+    };
+
+    let nightly = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = llvm_major(&nightly)
+        .context("`rustc +nightly -vV` printed no \"LLVM version: N.x\" line")?;
+    match &broken {
+        Some(err) => println!("installing bpf-linker (LLVM {major}; reinstalling: {err:#})"),
+        None => println!("installing bpf-linker (LLVM {major})"),
+    }
+
+    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = nightly_libllvm(&sysroot_lib, major)?;
+    let prefix = crate::home_dir()?
+        .join(".cache/dns-sensor")
+        .join(format!("llvm-{major}"));
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("cannot create {}", prefix_lib.display()))?;
+    // libLLVM.so is what bpf-linker's build links with (-lLLVM); the soname link is what the
+    // built binary loads at run time through its RUNPATH (the prefix's lib dir).
+    let soname = libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?;
+    replace_symlink(&libllvm, &prefix_lib.join("libLLVM.so"))?;
+    replace_symlink(&libllvm, &prefix_lib.join(soname))?;
+
+    let mut install = Command::new("cargo");
+    install
+        .env("LLVM_PREFIX", &prefix)
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{major}"));
+    // Without --force, cargo would say "already installed" and keep the broken binary.
+    if broken.is_some() {
+        install.arg("--force");
+    }
+    cmd::run(&mut install)?;
+
+    let version = cmd::output(Command::new("bpf-linker").arg("--version"))
+        .context("bpf-linker was installed but does not run")?;
+    println!("ok: bpf-linker installed ({})", version.trim());
+    Ok(())
+}
+
+/// "LLVM version: 22.1.4" -> 22.
+fn llvm_major(rustc_vv: &str) -> Option<u32> {
+    rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version:"))
+        .and_then(|v| v.trim().split('.').next())
+        .and_then(|m| m.parse().ok())
+}
+
+/// The nightly's shared LLVM, `libLLVM.so.<major>.<minor>-rust-<version>` (its soname).
+fn nightly_libllvm(sysroot_lib: &Path, major: u32) -> Result<PathBuf> {
+    let prefix = format!("libLLVM.so.{major}");
+    let mut found: Vec<PathBuf> = fs::read_dir(sysroot_lib)
+        .with_context(|| format!("cannot read {}", sysroot_lib.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.contains("-rust-"))
+        })
+        .collect();
+    found.sort();
+    found.pop().with_context(|| {
+        format!(
+            "no {prefix}*-rust-* in {}: the nightly ships no shared LLVM",
+            sysroot_lib.display()
+        )
+    })
+}
+
+/// Point `link` at `target`, replacing whatever `link` was (so a stale nightly is forgotten).
+fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    match fs::symlink_metadata(link) {
+        Ok(_) => fs::remove_file(link)
+            .with_context(|| format!("cannot remove old {}", link.display()))?,
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", link.display())),
+    }
+    symlink(target, link)
+        .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))
+}
+
+/// Install the missing ones of `packages` with apt, in one `apt-get install`.
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let mut missing = Vec::new();
+    for &package in packages {
+        if dpkg_installed(package)? {
+            println!("ok: {package} present");
+        } else {
+            println!("installing {package}");
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "installing Debian packages ({}) needs root",
+            missing.join(" ")
+        );
+    }
+    // tshark's package otherwise asks whether non-root users may capture, and waits forever.
+    cmd::output_with_stdin(
+        &mut Command::new("debconf-set-selections"),
+        Some("wireshark-common wireshark-common/install-setuid boolean false\n"),
+    )?;
+    // A fresh machine has empty package lists; one update serves the whole install.
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(&missing),
+    )
+}
+
+fn dpkg_installed(package: &str) -> Result<bool> {
+    // dpkg-query exits non-zero for a package it has never heard of: that is "not installed",
+    // but a missing dpkg-query means this is no Debian system, which we report.
+    let mut query = Command::new("dpkg-query");
+    query.args(["-W", "-f=${Status}", package]);
+    match cmd::output(&mut query) {
+        Ok(status) => Ok(status.contains("install ok installed")),
+        Err(err) if err.downcast_ref::<cmd::CommandFailed>().is_some() => Ok(false),
+        Err(err) => Err(err.context("setup installs Debian packages with apt")),
+    }
+}
+
+/// The tests pin maps under /sys/fs/bpf; a fresh machine has no bpffs there.
+fn bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, fstype) = (fields.next(), fields.next(), fields.next());
+        target == Some(BPFFS) && fstype == Some("bpf")
+    });
+    if mounted {
+        println!("ok: bpffs at {BPFFS} present");
+        return Ok(());
+    }
+    println!("installing bpffs at {BPFFS}");
+    if !cmd::is_root() {
+        bail!("mounting bpffs at {BPFFS} needs root");
+    }
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_from_rustc_vv() {
+        let vv = "rustc 1.97.0-nightly\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(vv), Some(22));
+        assert_eq!(llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn plain_nightly_only() {
+        assert!(is_plain_nightly("nightly-x86_64-unknown-linux-gnu"));
+        assert!(is_plain_nightly(
+            "nightly-x86_64-unknown-linux-gnu (active)"
+        ));
+        assert!(!is_plain_nightly(
+            "nightly-2024-01-01-x86_64-unknown-linux-gnu"
+        ));
+        assert!(!is_plain_nightly(
+            "stable-x86_64-unknown-linux-gnu (default)"
+        ));
+    }
+}
