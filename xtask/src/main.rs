@@ -1,8 +1,9 @@
-//! `cargo xtask`: the developer and CI entry point (setup, build-ebpf, run, test).
+//! `cargo xtask`: the developer and CI entry point (setup, build-ebpf, run, test, bench).
 //!
 //! Each subcommand lives in its own module. Errors end up as one line on stderr; when a spawned
 //! command fails, xtask exits with that command's exit code so CI sees the real status.
 
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod run;
@@ -46,6 +47,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Build the release sensor and run the benchmarks (needs root): `micro`, then `live`.
+    Bench {
+        /// Arguments for `sensor-bench`, e.g. `-- micro --repeat 4000000`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Install test dependencies and run `cargo test --workspace` (needs root).
     Test {
         /// First run `cargo clippy --workspace --all-targets -- -D warnings` and
@@ -81,6 +88,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Setup { test_deps } => setup::setup(test_deps),
         Command::BuildEbpf => build_ebpf::build_ebpf(&ws).map(|_| ()),
         Command::Run { args } => run::run(&ws, args),
+        Command::Bench { args } => bench::bench(&ws, args),
         Command::Test { lint, cargo_args } => test::test(&ws, lint, cargo_args),
     }
 }
