@@ -680,7 +680,9 @@ fn malformed_dns_is_passed_and_counted_by_reason() {
 fn truncation_at_every_offset_is_passed_and_counted() {
     let mut h = Harness::new();
     let msg = dns_query(77, "cut.example.com", 1);
-    let kinds: Vec<(&str, Vec<u8>, Vec<(usize, Counter)>)> = vec![
+    // (what, the whole frame, [(cut below this length, the counter it lands in)])
+    type Kind = (&'static str, Vec<u8>, Vec<(usize, Counter)>);
+    let kinds: Vec<Kind> = vec![
         (
             "ipv4/udp",
             ip_frame(client4(), server4(), UDP, &udp(1, 53, &msg)),

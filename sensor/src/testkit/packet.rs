@@ -101,7 +101,7 @@ pub fn ipv4(
     frag_off: u16,
     l4: &[u8],
 ) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let hlen = 20 + options.len();
     let mut h = Vec::with_capacity(hlen + l4.len());
     h.push(0x40 | (hlen / 4) as u8);
