@@ -50,9 +50,9 @@ pub fn setup(test_deps: bool) -> Result<()> {
 fn nightly_rust_src() -> Result<()> {
     let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
     if toolchains.lines().any(is_plain_nightly) {
-        println!("ok: nightly toolchain present");
+        eprintln!("ok: nightly toolchain present");
     } else {
-        println!("installing nightly toolchain");
+        eprintln!("installing nightly toolchain");
         cmd::run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -74,9 +74,9 @@ fn nightly_rust_src() -> Result<()> {
         .lines()
         .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src "))
     {
-        println!("ok: rust-src (nightly) present");
+        eprintln!("ok: rust-src (nightly) present");
     } else {
-        println!("installing rust-src (nightly)");
+        eprintln!("installing rust-src (nightly)");
         cmd::run(Command::new("rustup").args([
             "component",
             "add",
@@ -106,7 +106,7 @@ fn bpf_linker() -> Result<()> {
     // nightly that provided its libLLVM was updated away.
     let broken = match cmd::output(Command::new("bpf-linker").arg("--version")) {
         Ok(version) => {
-            println!("ok: bpf-linker present ({})", version.trim());
+            eprintln!("ok: bpf-linker present ({})", version.trim());
             return Ok(());
         }
         Err(err) if err.downcast_ref::<cmd::ProgramNotFound>().is_some() => None,
@@ -117,8 +117,8 @@ fn bpf_linker() -> Result<()> {
     let major = llvm_major(&nightly)
         .context("`rustc +nightly -vV` printed no \"LLVM version: N.x\" line")?;
     match &broken {
-        Some(err) => println!("installing bpf-linker (LLVM {major}; reinstalling: {err:#})"),
-        None => println!("installing bpf-linker (LLVM {major})"),
+        Some(err) => eprintln!("installing bpf-linker (LLVM {major}; reinstalling: {err:#})"),
+        None => eprintln!("installing bpf-linker (LLVM {major})"),
     }
 
     let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
@@ -156,7 +156,7 @@ fn bpf_linker() -> Result<()> {
 
     let version = cmd::output(Command::new("bpf-linker").arg("--version"))
         .context("bpf-linker was installed but does not run")?;
-    println!("ok: bpf-linker installed ({})", version.trim());
+    eprintln!("ok: bpf-linker installed ({})", version.trim());
     Ok(())
 }
 
@@ -207,9 +207,9 @@ fn debian_packages(packages: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
     for &package in packages {
         if dpkg_installed(package)? {
-            println!("ok: {package} present");
+            eprintln!("ok: {package} present");
         } else {
-            println!("installing {package}");
+            eprintln!("installing {package}");
             missing.push(package);
         }
     }
@@ -258,10 +258,10 @@ fn bpffs() -> Result<()> {
         target == Some(BPFFS) && fstype == Some("bpf")
     });
     if mounted {
-        println!("ok: bpffs at {BPFFS} present");
+        eprintln!("ok: bpffs at {BPFFS} present");
         return Ok(());
     }
-    println!("installing bpffs at {BPFFS}");
+    eprintln!("installing bpffs at {BPFFS}");
     if !cmd::is_root() {
         bail!("mounting bpffs at {BPFFS} needs root");
     }
