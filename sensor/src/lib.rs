@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod encode;
 pub mod loader;
 pub mod output;
 pub mod prefixes;

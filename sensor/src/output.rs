@@ -12,6 +12,7 @@ use crate::{
     clock::WallClock,
     config::{OutputKind, OutputSection},
     decode::Query,
+    encode::Encoder,
     reader::StageCounters,
 };
 
@@ -44,21 +45,11 @@ pub fn write_all(
 ) {
     let mut out = io::BufWriter::with_capacity(1 << 16, sink);
     let mut clock = WallClock::new();
-    let mut names = interfaces;
-    let mut line = Vec::with_capacity(512);
+    let mut encoder = Encoder::new(&observer, &interfaces);
+    let mut line = Vec::with_capacity(1024);
     while let Some(q) = rx.blocking_recv() {
-        let ifname = names
-            .entry(q.ifindex)
-            .or_insert_with(|| {
-                nix::net::if_::if_indextoname(q.ifindex)
-                    .map(|c| c.to_string_lossy().into_owned())
-                    .unwrap_or_else(|_| format!("if{}", q.ifindex))
-            })
-            .clone();
-        let doc = q.document(clock.rfc3339(q.ts_mono_ns), &observer, &ifname);
         line.clear();
-        serde_json::to_writer(&mut line, &doc).expect("documents always serialize");
-        line.push(b'\n');
+        encoder.encode(&q, clock.unix_ns(q.ts_mono_ns), &mut line);
         match out.write_all(&line) {
             Ok(()) => {
                 counters.written.fetch_add(1, Ordering::Relaxed);
