@@ -771,3 +771,54 @@ fn every_packet_ends_in_exactly_one_outcome() {
     assert_eq!(t.allowlisted, 128);
     assert_eq!(t.blocked, 2);
 }
+
+/// The QNAME copy is exact for every wire length (1..=255), whether the packet ends right after
+/// QCLASS or carries more bytes (an EDNS OPT record, as most resolvers send).
+#[test]
+fn names_of_every_length_are_copied_exactly() {
+    let mut h = Harness::new();
+    // No name has 2 wire bytes (the shortest non-root name is 1, 'a', 0).
+    for total in (1..=255usize).filter(|&t| t != 2) {
+        // Label lengths (each takes len + 1 bytes) filling total - 1 bytes before the root.
+        let mut lens = Vec::new();
+        let mut left = total - 1;
+        while left > 64 {
+            lens.push(63);
+            left -= 64;
+        }
+        if left == 1 {
+            // A lone byte cannot be a label: borrow one from the previous label.
+            *lens.last_mut().expect("total >= 3") -= 1;
+            left += 1;
+        }
+        if left > 0 {
+            lens.push(left - 1);
+        }
+        let labels: Vec<String> = lens
+            .iter()
+            .enumerate()
+            .map(|(k, &len)| {
+                (0..len)
+                    .map(|i| (b'a' + ((i + 7 * k) % 26) as u8) as char)
+                    .collect()
+            })
+            .collect();
+        let name = if labels.is_empty() {
+            ".".to_owned()
+        } else {
+            labels.join(".")
+        };
+        let wire = wire_name(&name);
+        assert_eq!(wire.len(), total, "test name of {total} wire bytes");
+        for trailing in [0usize, 11] {
+            let mut msg = dns_message(DnsHeader::query(1), &question(&wire, 1, 1));
+            msg.extend(std::iter::repeat_n(0u8, trailing));
+            let run = h.run(&ip_frame(client4(), server4(), UDP, &udp(1, 53, &msg)));
+            assert_eq!(run.events.len(), 1, "{total} bytes, {trailing} trailing");
+            assert_eq!(
+                run.events[0].name, name,
+                "{total} bytes, {trailing} trailing"
+            );
+        }
+    }
+}

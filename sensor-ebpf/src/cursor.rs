@@ -28,6 +28,22 @@ impl Packet {
         }
     }
 
+    /// The same window, with the bounds read again through volatile loads. LLVM may drop a
+    /// bounds check it can prove from earlier ones (say, "QTYPE was inside, so the name before
+    /// it is"); the verifier cannot follow such proofs and needs the check at the load. Loads
+    /// through a window LLVM cannot relate to earlier checks keep theirs.
+    #[inline(always)]
+    pub fn opaque(ctx: &XdpContext) -> Self {
+        // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run; the
+        // fields are plain u32s.
+        unsafe {
+            Self {
+                start: core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+                end: core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+            }
+        }
+    }
+
     /// Reads a `T` at `off` with one load of its size (the packet is not aligned for `T`).
     #[inline(always)]
     pub fn load<T: Copy>(&self, off: usize) -> Option<T> {

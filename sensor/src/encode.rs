@@ -121,19 +121,36 @@ impl Encoder {
         out.extend_from_slice(b"\",\"port\":");
         out.extend_from_slice(num.format(q.dst_port).as_bytes());
         out.extend_from_slice(match (q.transport, q.src.is_ipv4()) {
-            (Transport::Udp, true) => b"},\"network\":{\"transport\":\"udp\",\"type\":\"ipv4\",\"protocol\":\"dns\"}".as_slice(),
-            (Transport::Udp, false) => b"},\"network\":{\"transport\":\"udp\",\"type\":\"ipv6\",\"protocol\":\"dns\"}",
-            (Transport::Tcp, true) => b"},\"network\":{\"transport\":\"tcp\",\"type\":\"ipv4\",\"protocol\":\"dns\"}",
-            (Transport::Tcp, false) => b"},\"network\":{\"transport\":\"tcp\",\"type\":\"ipv6\",\"protocol\":\"dns\"}",
+            (Transport::Udp, true) => {
+                b"},\"network\":{\"transport\":\"udp\",\"type\":\"ipv4\",\"protocol\":\"dns\"}"
+                    .as_slice()
+            }
+            (Transport::Udp, false) => {
+                b"},\"network\":{\"transport\":\"udp\",\"type\":\"ipv6\",\"protocol\":\"dns\"}"
+            }
+            (Transport::Tcp, true) => {
+                b"},\"network\":{\"transport\":\"tcp\",\"type\":\"ipv4\",\"protocol\":\"dns\"}"
+            }
+            (Transport::Tcp, false) => {
+                b"},\"network\":{\"transport\":\"tcp\",\"type\":\"ipv6\",\"protocol\":\"dns\"}"
+            }
         });
         out.extend_from_slice(b",\"dns\":{\"id\":");
         out.extend_from_slice(num.format(q.dns_id).as_bytes());
         out.extend_from_slice(b",\"type\":\"query\",\"question\":{\"name\":");
         push_json_str(out, &q.name);
         out.extend_from_slice(b",\"type\":");
-        out.extend_from_slice(self.qtypes.entry(q.qtype).or_insert_with(|| json_str(&qtype_name(q.qtype))));
+        out.extend_from_slice(
+            self.qtypes
+                .entry(q.qtype)
+                .or_insert_with(|| json_str(&qtype_name(q.qtype))),
+        );
         out.extend_from_slice(b",\"class\":");
-        out.extend_from_slice(self.qclasses.entry(q.qclass).or_insert_with(|| json_str(&qclass_name(q.qclass))));
+        out.extend_from_slice(
+            self.qclasses
+                .entry(q.qclass)
+                .or_insert_with(|| json_str(&qclass_name(q.qclass))),
+        );
         out.extend_from_slice(b"}}");
         out.extend_from_slice(&self.observer_prefix);
         let ifname = self.interfaces.entry(q.ifindex).or_insert_with(|| {
@@ -145,7 +162,10 @@ impl Encoder {
         });
         out.extend_from_slice(ifname);
         out.push(b'}');
-        for (key, id) in [(&b",\"vlan\":{\"id\":\""[..], q.vlan_outer), (b",\"inner_vlan\":{\"id\":\"", q.vlan_inner)] {
+        for (key, id) in [
+            (&b",\"vlan\":{\"id\":\""[..], q.vlan_outer),
+            (b",\"inner_vlan\":{\"id\":\"", q.vlan_inner),
+        ] {
             if id != 0 {
                 out.extend_from_slice(key);
                 out.extend_from_slice(num.format(id).as_bytes());
@@ -167,7 +187,11 @@ mod tests {
 
     fn query(src: &str, name: &str, qtype: u16, transport: Transport, vlans: (u16, u16)) -> Query {
         let src: IpAddr = src.parse().unwrap();
-        let dst: IpAddr = if src.is_ipv4() { "10.0.0.53".parse().unwrap() } else { "2001:db8::53".parse().unwrap() };
+        let dst: IpAddr = if src.is_ipv4() {
+            "10.0.0.53".parse().unwrap()
+        } else {
+            "2001:db8::53".parse().unwrap()
+        };
         Query {
             ts_mono_ns: 123_456_789_012,
             ifindex: 1,
@@ -194,7 +218,13 @@ mod tests {
         let clock = WallClock::new();
         let cases = [
             query("192.0.2.1", "www.example.com", 1, Transport::Udp, (0, 0)),
-            query("2001:db8::1", "a\\\\b\\\"c.\\009x", 65000, Transport::Tcp, (10, 0)),
+            query(
+                "2001:db8::1",
+                "a\\\\b\\\"c.\\009x",
+                65000,
+                Transport::Tcp,
+                (10, 0),
+            ),
             query("192.0.2.1", ".", 28, Transport::Tcp, (100, 7)),
             query("2001:db8::1", "ctl\u{1}", 16, Transport::Udp, (0, 5)),
         ];
@@ -210,7 +240,10 @@ mod tests {
                 .unwrap();
             let mut slow = serde_json::to_vec(&q.document(ts, "sensor-\\1", "eth\"0")).unwrap();
             slow.push(b'\n');
-            assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(slow).unwrap());
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
         }
     }
 }

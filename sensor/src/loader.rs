@@ -124,10 +124,12 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
         Some(dir) => ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),
     };
+    let precise = u32::from(settings.precise_timestamps);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("MODE", &mode, true)
-        .override_global("DNS_PORTS", &ports, true);
+        .override_global("DNS_PORTS", &ports, true)
+        .override_global("PRECISE_TIMESTAMPS", &precise, true);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

@@ -235,14 +235,24 @@ fn stop_and_rusage(pid: i32, signal: nix::sys::signal::Signal) -> anyhow::Result
 /// `/proc/<pid>/task/*/schedstat` (exact, unlike the 10 ms ticks of /proc/<pid>/stat).
 fn cpu_ns(pid: u32) -> u64 {
     let mut total = 0;
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
     for t in tasks.flatten() {
         let p = t.path();
         if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
-            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
         if let Ok(children) = std::fs::read_to_string(p.join("children")) {
-            total += children.split_whitespace().filter_map(|c| c.parse().ok()).map(cpu_ns).sum::<u64>();
+            total += children
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .map(cpu_ns)
+                .sum::<u64>();
         }
     }
     total
@@ -356,7 +366,8 @@ fn live_runs(topo: &Topology, dir: &Path, capture: &Path, n: u32) -> anyhow::Res
     });
     // The file grows by ~450 bytes a line: poll its size, not its lines (cheap, no re-read).
     wait_until(Duration::from_secs(20), || {
-        std::fs::metadata(&events).is_ok_and(|m| m.len() >= n as u64 * 300) && count_lines(&events) >= n as usize
+        std::fs::metadata(&events).is_ok_and(|m| m.len() >= n as u64 * 300)
+            && count_lines(&events) >= n as usize
     });
     let sensor_steady = cpu_ns(child.id()) - sensor_cpu0;
     let kernel = sensor::stats::read(&pin_dir)?;
@@ -421,7 +432,9 @@ fn live_runs(topo: &Topology, dir: &Path, capture: &Path, n: u32) -> anyhow::Res
     let xdp_q = per_qn(xdp_ns - xdp_ns0);
     let sensor_total = xdp_q + per_qn(sensor_steady);
     let tshark_total = per_qn(tshark_steady);
-    println!("live replay: {n} UDP queries, tcpreplay --topspeed into a veth (XDP mode chosen by the kernel)");
+    println!(
+        "live replay: {n} UDP queries, tcpreplay --topspeed into a veth (XDP mode chosen by the kernel)"
+    );
     println!("sensor: replay {:.2}s ({rate})", t.as_secs_f64());
     println!(
         "  queries sent {n}, XDP runs {xdp_cnt}, events {}, ring_full {}, records written {received}, loss {}",
@@ -433,11 +446,23 @@ fn live_runs(topo: &Topology, dir: &Path, capture: &Path, n: u32) -> anyhow::Res
         "  CPU per query during the replay: XDP {xdp_q:.0} ns + daemon {:.0} ns = {sensor_total:.0} ns",
         per_qn(sensor_steady)
     );
-    println!("  daemon CPU including start-up (verifier, maps): {:.0} ns per query", per_q(sensor_cpu));
+    println!(
+        "  daemon CPU including start-up (verifier, maps): {:.0} ns per query",
+        per_q(sensor_cpu)
+    );
     println!("tshark: replay {:.2}s ({rate2})", t2.as_secs_f64());
-    println!("  queries sent {n}, lines written {tshark_received}, loss {}", n as i64 - tshark_received as i64);
+    println!(
+        "  queries sent {n}, lines written {tshark_received}, loss {}",
+        n as i64 - tshark_received as i64
+    );
     println!("  CPU per query during the replay (tshark + dumpcap): {tshark_total:.0} ns");
-    println!("  tshark CPU including start-up: {:.0} ns per query", per_q(tshark_cpu));
-    println!("ratio tshark / sensor CPU per query (during the replay): {:.1}x", tshark_total / sensor_total);
+    println!(
+        "  tshark CPU including start-up: {:.0} ns per query",
+        per_q(tshark_cpu)
+    );
+    println!(
+        "ratio tshark / sensor CPU per query (during the replay): {:.1}x",
+        tshark_total / sensor_total
+    );
     Ok(())
 }
