@@ -152,6 +152,12 @@ fn dig_queries_become_exact_json_lines_allowlist_and_blocklist_apply() {
     assert_eq!(stats["events"], 4, "{stats}");
     assert_eq!(stats["allowlisted"], 1, "{stats}");
     assert_eq!(stats["blocked"], 1, "{stats}");
+    for map in sensor::loader::ALL_MAPS {
+        assert!(
+            setup.pin_dir.join(map).exists(),
+            "{map} is pinned while the sensor runs"
+        );
+    }
     let dump = sh(
         "bpftool",
         &[
@@ -297,4 +303,83 @@ fn bad_config_and_missing_privileges_fail_with_one_line_and_leave_nothing_attach
     expect_config_error(&base, "missing privileges", true);
     assert!(!xdp_attached(&topo.host_if), "nothing attached");
     assert!(!Path::new(&pin_root).exists(), "nothing pinned");
+}
+
+/// `blocklist.keep_on_exit`: the pinned BLOCKLIST (with its hit counters) outlives the sensor,
+/// the program does not (fail open), and the next start reuses the map.
+#[test]
+fn kept_blocklist_survives_a_restart_with_its_counters() {
+    let topo = Topology::new(false);
+    let blocked = topo.add_client_v4(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = write_config(
+        dir.path(),
+        &topo.host_if,
+        &[],
+        &[blocked.to_string()],
+        "keep_on_exit = true\n",
+    );
+    let blocklist_pin = setup.pin_dir.join("BLOCKLIST");
+    let hits = || {
+        let dump = sh(
+            "bpftool",
+            &[
+                "-j",
+                "map",
+                "dump",
+                "pinned",
+                &blocklist_pin.display().to_string(),
+            ],
+        );
+        let dump: Value = serde_json::from_str(&dump).expect("bpftool JSON");
+        dump[0]["formatted"]["value"]["packets"]
+            .as_u64()
+            .expect("one entry")
+    };
+    // Removes the kept pins even when an assertion below fails.
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            sensor::loader::unpin(&self.0, &[]);
+        }
+    }
+    let _unpin = Unpin(setup.pin_dir.clone());
+
+    let mut daemon = Daemon::start(sensor_bin(), &setup.config, dir.path());
+    let out = dig(
+        &topo,
+        &[
+            "-b",
+            &blocked.to_string(),
+            "+timeout=1",
+            &format!("@{}", topo.v4(1)),
+            "x.example",
+            "A",
+        ],
+    );
+    assert!(!out.status.success());
+    daemon.stop();
+    assert!(
+        !xdp_attached(&topo.host_if),
+        "the program went with the process"
+    );
+    assert!(blocklist_pin.exists(), "BLOCKLIST kept");
+    assert!(!setup.pin_dir.join("EVENTS").exists(), "other pins removed");
+    assert_eq!(hits(), 1);
+
+    let mut daemon = Daemon::start(sensor_bin(), &setup.config, dir.path());
+    let out = dig(
+        &topo,
+        &[
+            "-b",
+            &blocked.to_string(),
+            "+timeout=1",
+            &format!("@{}", topo.v4(1)),
+            "x.example",
+            "A",
+        ],
+    );
+    assert!(!out.status.success(), "still blocked after the restart");
+    assert_eq!(hits(), 2, "the restarted sensor counts into the same entry");
+    daemon.stop();
 }

@@ -46,6 +46,8 @@ pub mod map_names {
     pub const CLIENT_ALLOW: &str = "CLIENT_ALLOW";
     pub const BLOCK_FILTER: &str = "BLOCK_FILTER";
     pub const ALLOW_FILTER: &str = "ALLOW_FILTER";
+    /// Per-CPU scratch space of the program (header offsets handed to the DNS stage).
+    pub const SCRATCH: &str = "SCRATCH";
 }
 
 /// Name of the XDP program in the object.

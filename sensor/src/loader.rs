@@ -26,13 +26,14 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
 /// Every map the program has, in the order they are pinned.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 7] = [
     map_names::EVENTS,
     map_names::COUNTERS,
     map_names::BLOCKLIST,
     map_names::BLOCK_FILTER,
     map_names::CLIENT_ALLOW,
     map_names::ALLOW_FILTER,
+    map_names::SCRATCH,
 ];
 
 /// The maps kept across restarts when `blocklist.keep_on_exit` is set.
