@@ -1,10 +1,6 @@
 //! Converts the kernel's monotonic timestamps into wall-clock time.
 
 use nix::time::{ClockId, clock_gettime};
-use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
-
-const RFC3339_MICROS: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
 
 /// Wall clock = monotonic timestamp + (realtime − monotonic), the offset re-read on `resync` so
 /// that NTP steps show up in later events.
@@ -33,14 +29,6 @@ impl WallClock {
     /// Unix time in nanoseconds of a `bpf_ktime_get_ns()` value.
     pub fn unix_ns(&self, mono_ns: u64) -> i128 {
         mono_ns as i128 + self.offset_ns
-    }
-
-    /// RFC 3339 UTC with microseconds, as Elasticsearch's `date` type reads it.
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
-        OffsetDateTime::from_unix_timestamp_nanos(self.unix_ns(mono_ns))
-            .ok()
-            .and_then(|t| t.format(RFC3339_MICROS).ok())
-            .unwrap_or_else(|| "1970-01-01T00:00:00.000000Z".into())
     }
 }
 
