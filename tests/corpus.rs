@@ -12,7 +12,7 @@ use std::{
 };
 
 use sensor::testkit::{
-    daemon::Daemon,
+    daemon::{self, Daemon},
     netns::{Topology, unique},
     pcap,
 };
@@ -96,17 +96,7 @@ fn tshark_queries(file: &Path) -> Vec<(String, String, u16)> {
 }
 
 fn stats(config: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sensor"))
-        .args(["stats", "--json", "--config"])
-        .arg(config)
-        .output()
-        .expect("sensor stats");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    daemon::stats_json(Path::new(env!("CARGO_BIN_EXE_sensor")), config)
 }
 
 #[test]

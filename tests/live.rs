@@ -8,7 +8,7 @@ use std::{
 };
 
 use sensor::testkit::{
-    daemon::Daemon,
+    daemon::{self, Daemon},
     netns::{Topology, sh, unique},
     responder::{Responder, Seen},
 };
@@ -138,17 +138,7 @@ fn dig_queries_become_exact_json_lines_allowlist_and_blocklist_apply() {
     assert!(!out.status.success(), "a blocklisted source gets no answer");
 
     // While it runs: `sensor stats` and bpftool read the pinned maps.
-    let stats = std::process::Command::new(sensor_bin())
-        .args(["stats", "--json", "--config"])
-        .arg(&setup.config)
-        .output()
-        .expect("sensor stats");
-    assert!(
-        stats.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stats.stderr)
-    );
-    let stats: Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    let stats = daemon::stats_json(sensor_bin(), &setup.config);
     assert_eq!(stats["events"], 4, "{stats}");
     assert_eq!(stats["allowlisted"], 1, "{stats}");
     assert_eq!(stats["blocked"], 1, "{stats}");

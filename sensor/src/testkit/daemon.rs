@@ -112,3 +112,19 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// `binary stats --json --config config`: the running sensor's kernel counters, as a test reads
+/// them (panics when the command fails).
+pub fn stats_json(binary: &Path, config: &Path) -> serde_json::Value {
+    let out = Command::new(binary)
+        .args(["stats", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("run sensor stats");
+    assert!(
+        out.status.success(),
+        "sensor stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sensor stats prints JSON")
+}
