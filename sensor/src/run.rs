@@ -18,6 +18,15 @@ use crate::{
 /// Exclusive lock on the instance name, so two sensors never share (and unpin) one directory.
 struct InstanceLock {
     _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for InstanceLock {
+    /// Removed on a clean exit while still held, so lock files do not pile up (tests start
+    /// sensors under many unique names). A sensor that dies leaves it; the next start locks it.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl InstanceLock {
@@ -39,7 +48,7 @@ impl InstanceLock {
                 path.display()
             );
         }
-        Ok(Self { _file: file })
+        Ok(Self { _file: file, path })
     }
 }
 
