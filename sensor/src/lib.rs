@@ -3,16 +3,21 @@
 //! Stages, in the order events flow: [`loader`] (kernel program and maps) → [`reader`] (ring
 //! buffer) → [`decode`] (owned events) → [`output`] (JSON lines).
 
+pub mod alert;
 pub mod bpffs;
 pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod encode;
+pub mod intel;
+pub mod inventory;
 pub mod loader;
 pub mod output;
 pub mod prefixes;
 pub mod privileges;
 pub mod reader;
 pub mod run;
+pub mod secret;
 pub mod stats;
 pub mod testkit;
+pub mod trust;

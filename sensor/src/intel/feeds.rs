@@ -1,0 +1,1 @@
+//! Local threat feeds (stub, being written).

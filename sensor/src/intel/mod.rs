@@ -1,0 +1,210 @@
+//! Threat intelligence: what providers say about a name or an address, and the trait they share.
+//!
+//! Stages: the trusted-domain filter ([`crate::trust`]) runs first; names that pass are looked up
+//! through the verdict cache ([`cache`]), which batches misses per provider ([`batch`]) and combines
+//! what every provider said into one [`Assessment`].
+
+use std::{collections::HashMap, fmt, net::IpAddr};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub mod feeds;
+pub mod threatbook;
+
+/// Severity as ThreatBook grades it (`info` … `critical`); local feeds use the same scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// How sure the provider is (`low`, `medium`, `high`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confidence {
+    Low,
+    Medium,
+    High,
+}
+
+/// What one provider said about one indicator (a domain name or an IP address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The provider's name: `threatbook`, or `feed:<name>` for a local feed.
+    pub provider: String,
+    pub malicious: bool,
+    pub severity: Option<Severity>,
+    pub confidence: Option<Confidence>,
+    /// The provider's threat types, e.g. `["C2", "Botnet"]`.
+    pub judgments: Vec<String>,
+    /// Tag classes with their tags, flattened to `class:tag` or just the tag.
+    pub tags: Vec<String>,
+    /// A link to the provider's page for the indicator.
+    pub permalink: Option<String>,
+    /// For IP reputation: carrier, location and AS, as the provider gave them.
+    pub ip_context: Option<IpContext>,
+}
+
+/// The `basic` and `asn` parts of an IP reputation answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IpContext {
+    pub carrier: Option<String>,
+    pub country: Option<String>,
+    pub province: Option<String>,
+    pub city: Option<String>,
+    pub asn: Option<u32>,
+    pub asn_info: Option<String>,
+}
+
+/// Why a lookup gave no answer. Messages never hold the request URL (the API key sits in its
+/// query string), only the provider's name and code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The key, the account or the calling IP is refused (ThreatBook `-1`): retrying will not help
+    /// until an operator acts.
+    #[error("{provider}: access refused (key, account or source IP): {message}")]
+    Access { provider: String, message: String },
+    /// A request the provider calls malformed (`-2`, `-3`): a bug or an API change.
+    #[error("{provider}: request rejected (code {code}): {message}")]
+    Request {
+        provider: String,
+        code: i64,
+        message: String,
+    },
+    /// Frequency or quota limit (`-4`), or our own daily quota is used up: back off.
+    #[error("{provider}: rate or quota limit: {message}")]
+    RateLimited { provider: String, message: String },
+    /// The provider failed (`-5`, HTTP 5xx): retry later.
+    #[error("{provider}: server error: {message}")]
+    Server { provider: String, message: String },
+    #[error("{provider}: no answer within {millis} ms")]
+    Timeout { provider: String, millis: u64 },
+    /// Connection refused, reset, TLS, ... (the URL is stripped).
+    #[error("{provider}: transport error: {message}")]
+    Transport { provider: String, message: String },
+    /// The answer did not have the documented shape.
+    #[error("{provider}: unexpected answer: {message}")]
+    Protocol { provider: String, message: String },
+    /// The circuit breaker is open: no call was made.
+    #[error("{provider}: circuit open, not calling")]
+    CircuitOpen { provider: String },
+}
+
+impl LookupError {
+    /// Stable label for counters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Access { .. } => "access",
+            Self::Request { .. } => "request",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Server { .. } => "server",
+            Self::Timeout { .. } => "timeout",
+            Self::Transport { .. } => "transport",
+            Self::Protocol { .. } => "protocol",
+            Self::CircuitOpen { .. } => "circuit_open",
+        }
+    }
+
+    /// Errors that count towards opening the circuit breaker (the provider is struggling).
+    pub fn trips_breaker(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Timeout { .. }
+                | Self::Transport { .. }
+        )
+    }
+}
+
+/// Per-indicator answers of one call. An indicator the provider knows nothing about is absent
+/// (clean, as far as this provider can tell).
+pub type Answers<K> = HashMap<K, Finding>;
+
+/// A source of verdicts. Remote providers (ThreatBook) are called in batches through the verdict
+/// cache; local feeds answer from memory through the same trait.
+pub trait Provider: Send + Sync + fmt::Debug {
+    /// Name used in findings, counters and logs.
+    fn name(&self) -> &str;
+    /// The most indicators one call may carry (ThreatBook: 100).
+    fn max_batch(&self) -> usize;
+    /// True for providers that answer from memory: no batching, limits or breaker in front.
+    fn is_local(&self) -> bool {
+        false
+    }
+    /// Looks up normalised domain names (lower case, no trailing dot).
+    fn lookup_domains<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<Answers<String>, LookupError>>;
+    /// Looks up IP addresses (the nightly blocklist job).
+    fn lookup_ips<'a>(
+        &'a self,
+        ips: &'a [IpAddr],
+    ) -> BoxFuture<'a, Result<Answers<IpAddr>, LookupError>>;
+}
+
+/// The combined verdict for one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// At least one provider says malicious.
+    Malicious,
+    /// Every provider answered and none says malicious.
+    Clean,
+    /// No complete answer (provider down, breaker open, quota used): looked up again later.
+    Unknown,
+    /// The name or client is trusted: not looked up.
+    Trusted,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malicious => "malicious",
+            Self::Clean => "clean",
+            Self::Unknown => "unknown",
+            Self::Trusted => "trusted",
+        }
+    }
+}
+
+/// What the sensor knows about one name: the combined verdict and every provider's finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assessment {
+    pub verdict: Verdict,
+    /// Findings that say malicious (clean answers are not kept: they carry nothing to show).
+    pub findings: Vec<Finding>,
+    /// Providers that did not answer, with the reason (for `unknown`).
+    pub errors: Vec<String>,
+}
+
+impl Assessment {
+    pub fn unknown(errors: Vec<String>) -> Self {
+        Self {
+            verdict: Verdict::Unknown,
+            findings: Vec::new(),
+            errors,
+        }
+    }
+
+    /// The highest severity among the malicious findings.
+    pub fn severity(&self) -> Option<Severity> {
+        self.findings.iter().filter_map(|f| f.severity).max()
+    }
+
+    /// The highest confidence among the malicious findings.
+    pub fn confidence(&self) -> Option<Confidence> {
+        self.findings.iter().filter_map(|f| f.confidence).max()
+    }
+}
+
+/// Normalises a presentation-form name for lookups: lower case, no trailing dot.
+pub fn normalise(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}

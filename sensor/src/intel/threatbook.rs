@@ -1,0 +1,1 @@
+//! ThreatBook v3 client (stub, being written).

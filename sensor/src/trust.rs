@@ -1,0 +1,1 @@
+//! Trusted-domain filter (stub, being written).
