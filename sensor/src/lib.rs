@@ -8,6 +8,7 @@ pub mod bpffs;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod domainset;
 pub mod encode;
 pub mod intel;
 pub mod inventory;

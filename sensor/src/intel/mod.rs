@@ -9,6 +9,7 @@ use std::{collections::HashMap, fmt, net::IpAddr};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub mod batch;
 pub mod feeds;
 pub mod threatbook;
 

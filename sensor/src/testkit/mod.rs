@@ -2,6 +2,8 @@
 //! responder. Part of the library so that `tests/` and the bench command share one copy.
 
 pub mod daemon;
+pub mod fake_threatbook;
+pub mod fake_wecom;
 pub mod netns;
 pub mod packet;
 pub mod pcap;

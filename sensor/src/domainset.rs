@@ -1,0 +1,1 @@
+//! Domain-name sets with suffix matching, and list files (stub, being written).

@@ -1,0 +1,1 @@
+//! Fake ThreatBook v3 server (stub, being written).

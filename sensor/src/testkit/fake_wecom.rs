@@ -1,0 +1,1 @@
+//! Fake WeCom group robot (stub, being written).
