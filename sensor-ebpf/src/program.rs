@@ -8,7 +8,7 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     btf_maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -55,8 +55,19 @@ struct ParseState {
     proto: u32,
 }
 
+/// This CPU's scratch space: the parse state, and the coarse clock as last read.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Scratch {
+    parse: ParseState,
+    /// `bpf_jiffies64()` when `clock_ns` was read.
+    clock_jiffies: u64,
+    /// `bpf_ktime_get_coarse_ns()` read during jiffy `clock_jiffies`.
+    clock_ns: u64,
+}
+
 #[btf_map]
-static SCRATCH: PerCpuArray<ParseState, 1> = PerCpuArray::new();
+static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// Offsets beyond this are not DNS the program parses (the verifier needs a bound).
 const MAX_OFFSET: usize = 0x3fff;
@@ -195,8 +206,9 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     // SAFETY: `scratch` is this CPU's slot of a one-slot per-CPU array, valid for the run and
     // not shared with other CPUs; volatile so the values really go through memory.
     let st = unsafe {
+        let parse = core::ptr::addr_of_mut!((*scratch).parse);
         core::ptr::write_volatile(
-            scratch,
+            parse,
             ParseState {
                 src: l3.src,
                 dns_off: l4.dns_off as u32,
@@ -207,7 +219,7 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
                 proto: u32::from(l4.proto),
             },
         );
-        core::ptr::read_volatile(scratch)
+        core::ptr::read_volatile(parse)
     };
     // Larger offsets are refused, and the mask bounds the value for the verifier whatever
     // order LLVM puts the check and the loads in.
@@ -245,7 +257,7 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         (*ev).ts_mono_ns = if core::ptr::read_volatile(&PRECISE_TIMESTAMPS) != 0 {
             bpf_ktime_get_ns()
         } else {
-            bpf_ktime_get_coarse_ns()
+            coarse_ns(scratch)
         };
         (*ev).ifindex = ctx.ingress_ifindex() as u32;
         (*ev).vlan_outer = (st.vlans >> 16) as u16;
@@ -268,6 +280,29 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     // measured at several microseconds per query on a live veth (BENCHMARKS.md).
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     Ok(Counter::Events)
+}
+
+/// The coarse clock, read once per jiffy per CPU. The coarse clock only moves at a tick, so
+/// within one jiffy every read returns the same value; `bpf_jiffies64` is inlined by the
+/// verifier (two instructions), while `bpf_ktime_get_coarse_ns` is a helper call of about
+/// 10 ns here (three returns through the SRSO return thunk). The kernel advances jiffies just
+/// before the timekeeper, so a read in that window keeps the previous tick's time for the rest
+/// of the jiffy: at most one more tick of lag than the coarse clock itself.
+#[inline(always)]
+fn coarse_ns(scratch: *mut Scratch) -> u64 {
+    // SAFETY: `scratch` is this CPU's slot of SCRATCH (see `process`); XDP runs without
+    // preemption, so nothing else touches it during the run.
+    unsafe {
+        let j = bpf_jiffies64();
+        if (*scratch).clock_jiffies == j {
+            (*scratch).clock_ns
+        } else {
+            let ns = bpf_ktime_get_coarse_ns();
+            (*scratch).clock_jiffies = j;
+            (*scratch).clock_ns = ns;
+            ns
+        }
+    }
 }
 
 /// Copies the QNAME (`len` bytes at `off`, 1..=255, known to be inside the packet) into the
