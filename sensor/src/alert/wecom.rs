@@ -1,0 +1,134 @@
+//! WeCom (企业微信) group robot client.
+//!
+//! Wire format, as the group robot documentation (群机器人配置说明, developer.work.weixin.qq.com
+//! document 91770, also 99398) describes it and public clients use it:
+//! - `POST https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=KEY`, `Content-Type:
+//!   application/json`, body `{"msgtype":"markdown","markdown":{"content":"..."}}`.
+//! - The answer is HTTP 200 with `{"errcode":0,"errmsg":"ok"}` on success; failures are also
+//!   HTTP 200 with a non-zero `errcode`, so the body decides, never the status alone:
+//!   `45009` "api freq out of limit" (over 20 messages a minute: wait and retry),
+//!   `93000` "invalid webhook url" (wrong key, or the robot was removed from the group),
+//!   `40058` "markdown.content exceed max length 4096", `-1` system busy (the global error code
+//!   page, document 90455, advises retrying, at most 3 times).
+//! - `mentioned_list` / `mentioned_mobile_list` exist only for `text` messages; markdown
+//!   mentions a member with `<@userid>` inside the content, which is what `mention_userids`
+//!   writes.
+//!
+//! The key is the only credential and sits in the query string: it is added to each request
+//! from a [`Secret`], errors are stripped of their URL (`reqwest::Error::without_url`), and any
+//! text from the server is scrubbed of the key before it is logged.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::sink::SendError;
+use crate::secret::Secret;
+
+/// The documented path under the API base URL.
+pub const SEND_PATH: &str = "/cgi-bin/webhook/send";
+
+/// Rate limit: `errcode` 45009.
+pub const ERRCODE_THROTTLED: i64 = 45009;
+/// System busy, retry later: `errcode` -1.
+pub const ERRCODE_BUSY: i64 = -1;
+
+pub(crate) struct WeComClient {
+    http: reqwest::Client,
+    /// `<base_url>/cgi-bin/webhook/send`, without the key.
+    endpoint: reqwest::Url,
+    key: Secret,
+}
+
+impl std::fmt::Debug for WeComClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeComClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+}
+
+impl WeComClient {
+    pub(crate) fn new(base_url: &str, key: Secret, timeout: Duration) -> Result<Self, String> {
+        let endpoint =
+            reqwest::Url::parse(&format!("{}{SEND_PATH}", base_url.trim_end_matches('/')))
+                .map_err(|e| format!("base_url: {e}"))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.without_url().to_string())?;
+        Ok(Self {
+            http,
+            endpoint,
+            key,
+        })
+    }
+
+    /// Removes the key from text that came back from the server or the HTTP stack.
+    fn scrub(&self, text: &str) -> String {
+        text.replace(self.key.expose(), "***")
+    }
+
+    pub(crate) async fn send_markdown(&self, content: &str) -> Result<(), SendError> {
+        let body = serde_json::json!({
+            "msgtype": "markdown",
+            "markdown": { "content": content },
+        });
+        let response = self
+            .http
+            .post(self.endpoint.clone())
+            .query(&[("key", self.key.expose())])
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.scrubbed(SendError::from_reqwest(e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(SendError::from_status(status));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.scrubbed(SendError::from_reqwest(e)))?;
+        let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| SendError::Final {
+            reason: "protocol".into(),
+            detail: format!("answer is not the documented JSON: {e}"),
+        })?;
+        match answer.errcode {
+            0 => Ok(()),
+            ERRCODE_THROTTLED => Err(SendError::Throttled {
+                reason: format!("errcode_{ERRCODE_THROTTLED}"),
+            }),
+            ERRCODE_BUSY => Err(SendError::Retriable {
+                reason: format!("errcode_{ERRCODE_BUSY}"),
+                detail: self.scrub(&answer.errmsg),
+            }),
+            code => Err(SendError::Final {
+                reason: format!("errcode_{code}"),
+                detail: self.scrub(&answer.errmsg),
+            }),
+        }
+    }
+
+    fn scrubbed(&self, e: SendError) -> SendError {
+        match e {
+            SendError::Retriable { reason, detail } => SendError::Retriable {
+                reason,
+                detail: self.scrub(&detail),
+            },
+            SendError::Final { reason, detail } => SendError::Final {
+                reason,
+                detail: self.scrub(&detail),
+            },
+            t => t,
+        }
+    }
+}
