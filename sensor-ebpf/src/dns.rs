@@ -1,7 +1,7 @@
 //! The DNS header gate and the QNAME walk.
 
 use crate::{Outcome, cursor::Packet};
-use sensor_common::{Counter, MAX_LABEL_LEN, MAX_LABELS, MAX_NAME_LEN};
+use sensor_common::{Counter, MAX_LABEL_LEN, MAX_NAME_LEN};
 
 pub struct Query {
     pub id: u16,
@@ -39,34 +39,31 @@ pub fn parse(pkt: &Packet, off: usize, tcp: bool) -> Result<Query, Outcome> {
     }
     let name_off = off + HEADER_LEN;
     // `pos` is the offset of the next length byte inside the name. Each label moves it by
-    // 1 + len with len <= 63, and it never exceeds MAX_NAME_LEN, so every offset is bounded
-    // for the verifier and the loop has a constant trip count.
+    // 1 + len with 1 <= len <= 63, and it stays below MAX_NAME_LEN, so every offset is bounded
+    // for the verifier and the loop ends within 127 labels; no label counter is needed.
     let mut pos: usize = 0;
-    let mut done = false;
-    for _ in 0..MAX_LABELS {
+    loop {
         // Two bytes, though only the length is used: a valid question always has them (a
         // label's first byte, or QTYPE after the root), and with a 1-byte check LLVM rewrites
         // `p + 1 > end` as `p >= end`, a form the verifier does not learn a range from.
         let len = pkt.load::<[u8; 2]>(name_off + pos).ok_or(short)?[0];
         if len == 0 {
             pos += 1;
-            done = true;
             break;
         }
-        if len & 0xc0 == 0xc0 {
-            return Err(Counter::DnsCompression);
-        }
+        // One comparison on the common path; the rare one tells the two failures apart.
         if len > MAX_LABEL_LEN {
-            return Err(Counter::DnsLabelTooLong);
+            return Err(if len & 0xc0 == 0xc0 {
+                Counter::DnsCompression
+            } else {
+                Counter::DnsLabelTooLong
+            });
         }
         pos += len as usize + 1;
         // The root label still has to fit.
         if pos >= MAX_NAME_LEN {
             return Err(Counter::DnsNameTooLong);
         }
-    }
-    if !done {
-        return Err(Counter::DnsNameTooLong);
     }
     let q = pkt.load::<u32>(name_off + pos).ok_or(short)?;
     Ok(Query {

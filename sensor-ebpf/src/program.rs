@@ -38,33 +38,34 @@ static BLOCK_FILTER: Array<u64, { PREFIX_FILTER_WORDS as usize }> = Array::new()
 #[btf_map]
 static ALLOW_FILTER: Array<u64, { PREFIX_FILTER_WORDS as usize }> = Array::new();
 
-/// What the DNS stage needs from the header stages, passed through memory on purpose: every
-/// header path (VLANs, IPv4 options, IPv6 extension headers, UDP/TCP) reaches the QNAME walk
-/// with different exact offsets, and the verifier would walk the 127-iteration label loop once
-/// per path (over its 1M-instruction limit). Read back from a map, the values are plain
-/// bounded scalars and all paths share one verifier state.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ParseState {
-    src: [u32; 4],
-    dns_off: u32,
-    dst_off: u32,
-    ports: u32,
-    vlans: u32,
-    family: u32,
-    proto: u32,
-}
-
-/// This CPU's scratch space: the parse state, and the coarse clock as last read.
+/// What the DNS stage and the record need from the header stages, passed through memory on
+/// purpose: every header path (VLANs, IPv4 options, IPv6 extension headers, UDP/TCP) reaches the
+/// QNAME walk with different exact offsets and constants, and the verifier would walk the
+/// 127-iteration label loop once per path (over its 1M-instruction limit). Read back from a map
+/// (volatile, so LLVM keeps nothing in registers across the walk), the values are plain
+/// scalars and all paths share one verifier state. The header words are stored in the record's
+/// own layout, so the record takes them with five 8-byte copies.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Scratch {
-    parse: ParseState,
+    /// Bytes 8..48 of the [`Event`]: ifindex, VLAN ids, source and destination address.
+    head: [u64; 5],
+    /// Source and destination port as loaded (network order, source first in memory).
+    ports: u32,
+    /// Offset of the DNS header in the packet.
+    dns_off: u32,
+    /// 4 or 6.
+    family: u32,
+    /// IP protocol number.
+    proto: u32,
     /// `bpf_jiffies64()` when `clock_ns` was read.
     clock_jiffies: u64,
     /// `bpf_ktime_get_coarse_ns()` read during jiffy `clock_jiffies`.
     clock_ns: u64,
 }
+
+const _: () = assert!(core::mem::offset_of!(Event, ifindex) == 8);
+const _: () = assert!(core::mem::offset_of!(Event, src_port) == 48);
 
 #[btf_map]
 static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
@@ -129,34 +130,18 @@ fn may_match(filter: &Array<u64, { PREFIX_FILTER_WORDS as usize }>, bucket: u32)
     }
 }
 
-/// The prefix-filter bucket of the source in a [`ParseState`].
+/// Two u32 words in memory order as one u64 (little-endian, as the record and keys lay them).
 #[inline(always)]
-fn src_bucket(st: &ParseState) -> u32 {
-    sensor_common::bucket_of_first_word(
-        st.family == 4,
-        u32::from_be(st.src[0]),
-        u32::from_be(st.src[3]),
-    )
-}
-
-/// Four u32 words in memory order as the 16 bytes they are.
-#[inline(always)]
-fn words_to_bytes(w: [u32; 4]) -> LpmAddr {
-    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid for both.
-    unsafe { core::mem::transmute::<[u32; 4], LpmAddr>(w) }
+fn pair(a: u32, b: u32) -> u64 {
+    u64::from(a) | (u64::from(b) << 32)
 }
 
 /// The /128 LPM key of an address, built in an 8-byte-aligned buffer: `Key` is packed (a 4-byte
 /// prefix length, then the data), and the verifier rejects the misaligned stack stores LLVM
 /// emits for a bare `Key` on the stack. Bytes 4..24 of the buffer are the key.
 #[inline(always)]
-fn key_buf(addr: &[u32; 4]) -> [u64; 3] {
-    let w = |a: u32, b: u32| u64::from(a) | (u64::from(b) << 32);
-    [
-        u64::from(128u32.to_le()) << 32,
-        w(addr[0], addr[1]),
-        w(addr[2], addr[3]),
-    ]
+fn key_buf(lo: u64, hi: u64) -> [u64; 3] {
+    [u64::from(128u32.to_le()) << 32, lo, hi]
 }
 
 /// The key inside a buffer from [`key_buf`].
@@ -171,7 +156,8 @@ fn key_of(buf: &[u64; 3]) -> &Key<LpmAddr> {
 fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     let pkt = Packet::new(ctx);
     let l2 = ethernet::parse(&pkt)?;
-    if l2.vlan_outer != 0 || l2.l3_off > 14 {
+    // A tag with VLAN id 0 (priority tag) counts too: any tag moves the network header.
+    if l2.l3_off > 14 {
         bump(counters, Counter::Vlan);
     }
     let l3 = if l2.proto == ethernet::ETH_P_IP {
@@ -183,7 +169,10 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     };
 
     if may_match(&BLOCK_FILTER, l3.src_bucket()) {
-        if let Some(v) = BLOCKLIST.get(key_of(&key_buf(&l3.src))) {
+        if let Some(v) = BLOCKLIST.get(key_of(&key_buf(
+            pair(l3.src[0], l3.src[1]),
+            pair(l3.src[2], l3.src[3]),
+        ))) {
             // SAFETY: `v` points into the trie node in kernel memory, valid for this program run.
             // Entries are shared by all CPUs, so the hit counter is only ever changed atomically
             // (here) and read by userspace through the map API; it is never read through `v`.
@@ -203,37 +192,48 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Err(Counter::NotDns);
     };
+    let dst = ip::dst(&pkt, l3.family == 4, l3.dst_off);
     // SAFETY: `scratch` is this CPU's slot of a one-slot per-CPU array, valid for the run and
-    // not shared with other CPUs; volatile so the values really go through memory.
-    let st = unsafe {
-        let parse = core::ptr::addr_of_mut!((*scratch).parse);
-        core::ptr::write_volatile(
-            parse,
-            ParseState {
-                src: l3.src,
-                dns_off: l4.dns_off as u32,
-                dst_off: l3.dst_off as u32,
-                ports: l4.ports,
-                vlans: (u32::from(l2.vlan_outer) << 16) | u32::from(l2.vlan_inner),
-                family: u32::from(l3.family),
-                proto: u32::from(l4.proto),
-            },
-        );
-        core::ptr::read_volatile(parse)
-    };
+    // not shared with other CPUs (XDP runs without preemption). Everything read back below is
+    // read with volatile loads, so the values really go through memory.
+    unsafe {
+        (*scratch).head = [
+            u64::from(ctx.ingress_ifindex() as u32)
+                | (u64::from(l2.vlan_outer) << 32)
+                | (u64::from(l2.vlan_inner) << 48),
+            pair(l3.src[0], l3.src[1]),
+            pair(l3.src[2], l3.src[3]),
+            pair(dst[0], dst[1]),
+            pair(dst[2], dst[3]),
+        ];
+        (*scratch).ports = l4.ports;
+        (*scratch).dns_off = l4.dns_off as u32;
+        (*scratch).family = u32::from(l3.family);
+        (*scratch).proto = u32::from(l4.proto);
+    }
+    // SAFETY (all `vol` reads): fields of this CPU's scratch slot, written above.
+    let vol = |p: *const u32| unsafe { core::ptr::read_volatile(p) };
+    let dns_off = vol(unsafe { core::ptr::addr_of!((*scratch).dns_off) }) as usize;
     // Larger offsets are refused, and the mask bounds the value for the verifier whatever
     // order LLVM puts the check and the loads in.
-    if st.dns_off as usize > MAX_OFFSET || st.dst_off as usize > MAX_OFFSET {
+    if dns_off > MAX_OFFSET {
         return Err(Counter::DnsTruncated);
     }
-    let dns_off = st.dns_off as usize & MAX_OFFSET;
-    let dst_off = st.dst_off as usize & MAX_OFFSET;
-    let tcp = st.proto == u32::from(ip::IPPROTO_TCP);
-    let q = dns::parse(&pkt, dns_off, tcp)?;
+    let tcp = vol(unsafe { core::ptr::addr_of!((*scratch).proto) }) == u32::from(ip::IPPROTO_TCP);
+    let q = dns::parse(&pkt, dns_off & MAX_OFFSET, tcp)?;
     bump(counters, Counter::DnsQueries);
 
-    if may_match(&ALLOW_FILTER, src_bucket(&st)) {
-        if let Some(v) = CLIENT_ALLOW.get(key_of(&key_buf(&st.src))) {
+    // SAFETY: as above.
+    let head = |i: usize| unsafe { core::ptr::read_volatile(&(*scratch).head[i]) };
+    let family = vol(unsafe { core::ptr::addr_of!((*scratch).family) });
+    let (src_lo, src_hi) = (head(1), head(2));
+    let bucket = sensor_common::bucket_of_first_word(
+        family == 4,
+        u32::from_be(src_lo as u32),
+        u32::from_be((src_hi >> 32) as u32),
+    );
+    if may_match(&ALLOW_FILTER, bucket) {
+        if let Some(v) = CLIENT_ALLOW.get(key_of(&key_buf(src_lo, src_hi))) {
             // SAFETY: as for BLOCKLIST above: shared kernel memory, only changed atomically.
             unsafe {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
@@ -250,8 +250,9 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved, exclusively owned ring buffer record of
-    // size_of::<Event>() bytes. Every field is plain data, so assigning through the raw pointer
-    // (no drop of the uninitialised old value) is sound.
+    // size_of::<Event>() bytes, 8-byte aligned. Every field is plain data, so assigning through
+    // the raw pointer (no drop of the uninitialised old value) is sound; bytes 8..48 are five
+    // aligned u64s (offsets pinned above).
     unsafe {
         // SAFETY (read_volatile): a plain read of a static the loader sets.
         (*ev).ts_mono_ns = if core::ptr::read_volatile(&PRECISE_TIMESTAMPS) != 0 {
@@ -259,18 +260,20 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         } else {
             coarse_ns(scratch)
         };
-        (*ev).ifindex = ctx.ingress_ifindex() as u32;
-        (*ev).vlan_outer = (st.vlans >> 16) as u16;
-        (*ev).vlan_inner = st.vlans as u16;
-        (*ev).src_addr = words_to_bytes(st.src);
-        (*ev).dst_addr = words_to_bytes(ip::dst(&pkt, st.family == 4, dst_off));
-        (*ev).src_port = u16::from_be(st.ports as u16);
-        (*ev).dst_port = u16::from_be((st.ports >> 16) as u16);
+        let words = ev.cast::<u64>();
+        let mut i = 0;
+        while i < 5 {
+            words.add(1 + i).write(head(i));
+            i += 1;
+        }
+        let ports = vol(core::ptr::addr_of!((*scratch).ports));
+        (*ev).src_port = u16::from_be(ports as u16);
+        (*ev).dst_port = u16::from_be((ports >> 16) as u16);
         (*ev).dns_id = q.id;
         (*ev).qtype = q.qtype;
         (*ev).qclass = q.qclass;
-        (*ev).family = st.family as u8;
-        (*ev).transport = st.proto as u8;
+        (*ev).family = family as u8;
+        (*ev).transport = vol(core::ptr::addr_of!((*scratch).proto)) as u8;
         (*ev).qname_len = q.name_len as u16;
         (*ev)._pad = [0; 2];
     }
