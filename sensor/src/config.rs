@@ -38,6 +38,12 @@ pub struct Config {
     pub blocklist: BlocklistSection,
     #[serde(default)]
     pub output: OutputSection,
+    #[serde(default)]
+    pub trust: crate::trust::TrustSection,
+    #[serde(default)]
+    pub intel: crate::intel::IntelSection,
+    #[serde(default)]
+    pub alerts: crate::alert::AlertsSection,
 }
 
 /// `[sensor]`: identity of this sensor instance.
@@ -228,6 +234,9 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        self.trust.validate()?;
+        self.intel.validate()?;
+        self.alerts.validate()?;
         Ok(())
     }
 
@@ -330,5 +339,24 @@ mod tests {
         let mut defaults = Config::from_toml("", "defaults").unwrap();
         defaults.capture.interfaces = example.capture.interfaces.clone();
         assert_eq!(example, defaults);
+
+        // The optional sections, as written once their "#: " is removed, hold the defaults too.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let optional: String = text
+            .lines()
+            .map(|l| l.strip_prefix("#: ").or(l.strip_prefix("#:")).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let value: toml::Value = toml::from_str(&optional).unwrap();
+        let tb: crate::intel::threatbook::ThreatBookSection =
+            value["intel"]["threatbook"].clone().try_into().unwrap();
+        assert_eq!(tb, Default::default());
+        let feeds: Vec<crate::intel::feeds::FeedConfig> =
+            value["intel"]["feeds"].clone().try_into().unwrap();
+        let defaults: crate::intel::feeds::FeedConfig = toml::from_str(
+            "name = \"local-blocklist\"\nkind = \"domains\"\npath = \"/etc/dns-sensor/malicious-domains.txt\"",
+        )
+        .unwrap();
+        assert_eq!(feeds, [defaults]);
     }
 }

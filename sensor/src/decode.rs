@@ -170,6 +170,9 @@ pub struct Document<'a> {
     pub network: Network,
     pub dns: Dns<'a>,
     pub observer: Observer<'a>,
+    /// The verdict, when threat intel is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intel: Option<crate::intel::IntelDoc<'a>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,12 +248,17 @@ impl Query {
         timestamp: String,
         observer: &'a str,
         interface: &'a str,
+        intel: Option<&'a crate::intel::Assessment>,
     ) -> Document<'a> {
         let vlan = |id: u16| (id != 0).then(|| Vlan { id: id.to_string() });
         Document {
             timestamp,
             event: EventMeta {
-                kind: "event",
+                // ECS: a detection is an `alert`, so SIEM views pick malicious queries out.
+                kind: match intel.map(|a| a.verdict) {
+                    Some(crate::intel::Verdict::Malicious) => "alert",
+                    _ => "event",
+                },
                 category: ["network"],
                 kind_type: ["protocol"],
                 dataset: "dns",
@@ -288,6 +296,7 @@ impl Query {
                     inner_vlan: vlan(self.vlan_inner),
                 },
             },
+            intel: intel.map(|a| a.document()),
         }
     }
 }

@@ -12,7 +12,10 @@ use std::{collections::HashMap, io::Write as _, net::IpAddr};
 use sensor_common::Transport;
 use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
 
-use crate::decode::{Query, qclass_name, qtype_name};
+use crate::{
+    decode::{Query, qclass_name, qtype_name},
+    intel::{Assessment, Verdict},
+};
 
 const SECOND_PREFIX: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].");
@@ -104,14 +107,24 @@ impl Encoder {
         out.extend_from_slice(b"Z\"");
     }
 
-    /// Appends the JSON line (with its newline) for `q`, stamped `unix_ns`.
-    pub fn encode(&mut self, q: &Query, unix_ns: i128, out: &mut Vec<u8>) {
+    /// Appends the JSON line (with its newline) for `q`, stamped `unix_ns`, with its verdict
+    /// when threat intel is configured.
+    pub fn encode(
+        &mut self,
+        q: &Query,
+        intel: Option<&Assessment>,
+        unix_ns: i128,
+        out: &mut Vec<u8>,
+    ) {
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"@timestamp\":");
         self.timestamp(out, unix_ns);
-        out.extend_from_slice(
-            b",\"event\":{\"kind\":\"event\",\"category\":[\"network\"],\"type\":[\"protocol\"],\"dataset\":\"dns\"}",
-        );
+        let malicious = intel.is_some_and(|a| a.verdict == Verdict::Malicious);
+        out.extend_from_slice(if malicious {
+            b",\"event\":{\"kind\":\"alert\",\"category\":[\"network\"],\"type\":[\"protocol\"],\"dataset\":\"dns\"}".as_slice()
+        } else {
+            b",\"event\":{\"kind\":\"event\",\"category\":[\"network\"],\"type\":[\"protocol\"],\"dataset\":\"dns\"}"
+        });
         out.extend_from_slice(b",\"source\":{\"ip\":\"");
         push_ip(out, q.src);
         out.extend_from_slice(b"\",\"port\":");
@@ -172,7 +185,25 @@ impl Encoder {
                 out.extend_from_slice(b"\"}");
             }
         }
-        out.extend_from_slice(b"}}}\n");
+        out.extend_from_slice(b"}}");
+        match intel.map(|a| (a.verdict, a)) {
+            None => {}
+            Some((Verdict::Clean, _)) => {
+                out.extend_from_slice(b",\"intel\":{\"verdict\":\"clean\"}")
+            }
+            Some((Verdict::Unknown, _)) => {
+                out.extend_from_slice(b",\"intel\":{\"verdict\":\"unknown\"}")
+            }
+            Some((Verdict::Trusted, _)) => {
+                out.extend_from_slice(b",\"intel\":{\"verdict\":\"trusted\"}")
+            }
+            // Rare: serde writes the findings.
+            Some((Verdict::Malicious, a)) => {
+                out.extend_from_slice(b",\"intel\":");
+                let _ = serde_json::to_writer(&mut *out, &a.document());
+            }
+        }
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -228,17 +259,45 @@ mod tests {
             query("192.0.2.1", ".", 28, Transport::Tcp, (100, 7)),
             query("2001:db8::1", "ctl\u{1}", 16, Transport::Udp, (0, 5)),
         ];
-        for (i, q) in cases.iter().enumerate() {
+        let malicious = Assessment {
+            verdict: Verdict::Malicious,
+            findings: vec![crate::intel::Finding {
+                provider: "threatbook".into(),
+                malicious: true,
+                severity: Some(crate::intel::Severity::High),
+                confidence: Some(crate::intel::Confidence::Medium),
+                judgments: vec!["C2".into(), "Botnet".into()],
+                tags: vec!["APT \"x\"".into()],
+                permalink: Some("https://x.threatbook.com/v5/domain/bad.example".into()),
+                ip_context: None,
+            }],
+            errors: Vec::new(),
+        };
+        let plain = |verdict| Assessment {
+            verdict,
+            findings: Vec::new(),
+            errors: vec!["e".into()],
+        };
+        let intels = [
+            None,
+            Some(malicious),
+            Some(plain(Verdict::Clean)),
+            Some(plain(Verdict::Unknown)),
+            Some(plain(Verdict::Trusted)),
+        ];
+        for (i, q) in cases.iter().chain(cases.iter()).enumerate() {
             let unix_ns = clock.unix_ns(q.ts_mono_ns) + i as i128 * 1_000_000_123;
             let mut fast = Vec::new();
-            enc.encode(q, unix_ns, &mut fast);
+            let intel = intels[i % intels.len()].as_ref();
+            enc.encode(q, intel, unix_ns, &mut fast);
             let ts = OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
                 .unwrap()
                 .format(format_description!(
                     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
                 ))
                 .unwrap();
-            let mut slow = serde_json::to_vec(&q.document(ts, "sensor-\\1", "eth\"0")).unwrap();
+            let mut slow =
+                serde_json::to_vec(&q.document(ts, "sensor-\\1", "eth\"0", intel)).unwrap();
             slow.push(b'\n');
             assert_eq!(
                 String::from_utf8(fast).unwrap(),

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use crate::{
     clock::WallClock,
     config::{OutputKind, OutputSection},
-    decode::Query,
     encode::Encoder,
+    enrich::Enriched,
     reader::StageCounters,
 };
 
@@ -37,7 +37,7 @@ pub fn open(cfg: &OutputSection) -> io::Result<Box<dyn Write + Send>> {
 
 /// Writes queries until the channel closes. Runs on its own thread: writes block.
 pub fn write_all(
-    mut rx: mpsc::Receiver<Query>,
+    mut rx: mpsc::Receiver<Enriched>,
     sink: Box<dyn Write + Send>,
     observer: String,
     interfaces: HashMap<u32, String>,
@@ -47,9 +47,15 @@ pub fn write_all(
     let mut clock = WallClock::new();
     let mut encoder = Encoder::new(&observer, &interfaces);
     let mut line = Vec::with_capacity(1024);
-    while let Some(q) = rx.blocking_recv() {
+    while let Some(e) = rx.blocking_recv() {
         line.clear();
-        encoder.encode(&q, clock.unix_ns(q.ts_mono_ns), &mut line);
+        let q = &e.query;
+        encoder.encode(
+            q,
+            e.intel.as_deref(),
+            clock.unix_ns(q.ts_mono_ns),
+            &mut line,
+        );
         match out.write_all(&line) {
             Ok(()) => {
                 counters.written.fetch_add(1, Ordering::Relaxed);

@@ -104,8 +104,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "sensor attached"
     );
 
+    let intel = crate::intel::setup::build(&config.trust, &config.intel)?;
+    let mut reloaders = intel.reloaders.clone();
+    let alerter = if config.alerts.wecom.is_empty() && config.alerts.webhook.is_empty() {
+        None
+    } else {
+        let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
+            config.alerts.load_inventory()?,
+        ));
+        if let Some(path) = &config.alerts.inventory {
+            reloaders.push(Arc::new(crate::intel::setup::InventoryReload {
+                path: path.clone(),
+                current: inventory.clone(),
+                counters: Default::default(),
+            }));
+        }
+        Some(crate::alert::Alerter::spawn(&config.alerts, inventory)?)
+    };
+    let reload_task = tokio::spawn(
+        crate::reload::Watcher::new(reloaders)
+            .run(crate::reload::sighup().context("installing the SIGHUP handler")?),
+    );
+    let enrich_counters = Arc::new(crate::enrich::EnrichCounters::default());
+    let enricher = crate::enrich::Enricher {
+        settings: config.intel.enrich_settings(),
+        trust: intel.trust.clone(),
+        verdicts: intel.verdicts.clone(),
+        ip_feeds: intel.ip_feeds.clone(),
+        hits: alerter.as_ref().map(|a| {
+            Arc::new(crate::intel::setup::AlertHits {
+                submitter: a.submitter(),
+                sensor: config.sensor.name.clone(),
+            }) as Arc<dyn crate::enrich::HitSink>
+        }),
+        counters: enrich_counters.clone(),
+    };
+
     let counters = Arc::new(reader::StageCounters::default());
-    let (tx, rx) = mpsc::channel(config.output.queue_size);
+    let (tx, enrich_rx) = mpsc::channel(config.output.queue_size);
+    let (enrich_tx, rx) = mpsc::channel(config.output.queue_size);
+    let enriching = tokio::spawn(enricher.run(enrich_rx, enrich_tx));
     let sink = output::open(&config.output).context("opening the output")?;
     let writer = {
         let counters = counters.clone();
@@ -131,6 +169,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (mut ring, tx) = reading.await.context("reader task")??;
     reader::drain(&mut ring, &tx, &counters);
     drop(tx);
+    // The enricher ends when its input closes and its waiting events have gone on.
+    enriching.await.context("enrichment task")?;
+    reload_task.abort();
+    if let Some(a) = alerter {
+        // Sends what is queued and the repeat counts of open windows, within the budget.
+        let stats = a.shutdown(std::time::Duration::from_secs(10)).await;
+        tracing::info!(?stats, "alert counters at exit");
+    }
     writer
         .join()
         .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
@@ -160,5 +206,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         write_errors = stage[4].1,
         "userspace counters at exit"
     );
+    tracing::info!(counters = ?enrich_counters.snapshot(), "enrichment counters at exit");
+    if let Some(v) = &intel.verdicts {
+        tracing::info!(counters = ?v.counters().snapshot(), "verdict cache counters at exit");
+    }
     Ok(())
 }

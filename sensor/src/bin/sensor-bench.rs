@@ -43,19 +43,97 @@ enum Cmd {
         /// Interleaved rounds (the median is reported).
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Only the classes whose name contains this (the floor always runs), e.g. to profile
+        /// one class with `perf record`.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// tcpreplay into a veth: the sensor vs tshark, CPU per query and loss.
     Live {
         #[arg(long, default_value_t = 100_000)]
         queries: u32,
     },
+    /// Events/s through the trust filter and verdict cache (all hits, one thread), and through
+    /// the intel path with a 50 ms provider beside the seed's 20-thread design.
+    Intel {
+        /// Events for the cache-hit run.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        /// Entries in the trusted-domain list the filter checks.
+        #[arg(long, default_value_t = 100_000)]
+        trusted: usize,
+        /// Events (over `--names` names) for the slow-provider comparison.
+        #[arg(long, default_value_t = 10_000)]
+        slow_events: usize,
+        #[arg(long, default_value_t = 1_000)]
+        names: usize,
+        #[arg(long, default_value_t = 50)]
+        latency_ms: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Micro { repeat, rounds } => micro(repeat, rounds),
+        Cmd::Micro {
+            repeat,
+            rounds,
+            only,
+        } => micro(repeat, rounds, only.as_deref()),
         Cmd::Live { queries } => live(queries),
+        Cmd::Intel {
+            events,
+            trusted,
+            slow_events,
+            names,
+            latency_ms,
+        } => intel(events, trusted, slow_events, names, latency_ms),
     }
+}
+
+fn intel(
+    events: usize,
+    trusted: usize,
+    slow_events: usize,
+    names: usize,
+    latency_ms: u64,
+) -> anyhow::Result<()> {
+    use sensor::testkit::intel_bench;
+    let hits = intel_bench::cache_hits(events, trusted)?;
+    println!(
+        "cache-hit path (trust filter of {} entries + verdict cache, 1 thread): {} events in {:.3} s = {:.0} events/s ({:.0} ns/event)",
+        hits.trusted_entries,
+        hits.events,
+        hits.seconds,
+        hits.events as f64 / hits.seconds,
+        hits.seconds * 1e9 / hits.events as f64
+    );
+    let slow = intel_bench::slow_provider(slow_events, names, Duration::from_millis(latency_ms))?;
+    let sensor_rate = slow.events as f64 / slow.sensor_seconds;
+    let seed_rate = slow.events as f64 / slow.seed_seconds;
+    println!(
+        "intel path, provider latency {} ms, {} events over {} names:",
+        slow.latency_ms, slow.events, slow.names
+    );
+    println!(
+        "  sensor (batch {} / window {} ms / {} concurrent / {} req/s): {:.2} s, {:.0} events/s, {} provider calls",
+        slow.limits.batch_size,
+        slow.limits.batch_window_ms,
+        slow.limits.max_concurrency,
+        slow.limits.requests_per_second,
+        slow.sensor_seconds,
+        sensor_rate,
+        slow.sensor_calls
+    );
+    println!(
+        "  seed design (20 threads, one blocking call per event): {:.2} s, {:.0} events/s, {} provider calls",
+        slow.seed_seconds, seed_rate, slow.seed_calls
+    );
+    println!(
+        "  ratio: {:.1}x the events/s with {:.1}x fewer calls",
+        sensor_rate / seed_rate,
+        slow.seed_calls as f64 / slow.sensor_calls.max(1) as f64
+    );
+    Ok(())
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -84,7 +162,7 @@ fn lists() -> (Vec<ipnet::IpNet>, Vec<ipnet::IpNet>) {
     )
 }
 
-fn micro(repeat: u32, rounds: u32) -> anyhow::Result<()> {
+fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
     let mut ebpf = loader::load(&ProgramSettings::default(), None)?;
     let mut maps = Maps::take(&mut ebpf)?;
     let (allow, block) = lists();
@@ -99,7 +177,7 @@ fn micro(repeat: u32, rounds: u32) -> anyhow::Result<()> {
         "www.example.com",
         1,
     );
-    let classes: Vec<(&str, &str, Vec<u8>)> = vec![
+    let mut classes: Vec<(&str, &str, Vec<u8>)> = vec![
         ("no-op XDP program (floor)", NOOP_PROGRAM_NAME, q4.clone()),
         (
             "non-DNS (IPv4 UDP/443)",
@@ -149,6 +227,11 @@ fn micro(repeat: u32, rounds: u32) -> anyhow::Result<()> {
             ),
         ),
     ];
+    if let Some(only) = only {
+        let floor = classes.remove(0);
+        classes.retain(|(name, _, _)| name.contains(only));
+        classes.insert(0, floor);
+    }
     // Chunks stay below the ring buffer's capacity (8 MiB / 320 B ≈ 26k records), and the ring
     // is drained between chunks, so the query classes measure real reservations, not
     // "ring full" early exits.

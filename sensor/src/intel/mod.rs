@@ -9,9 +9,101 @@ use std::{collections::HashMap, fmt, net::IpAddr};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::{
+    config::ConfigError,
+    enrich::{EnrichSettings, TrustedEvents},
+};
+
 pub mod batch;
+pub mod cache;
 pub mod feeds;
+pub mod setup;
 pub mod threatbook;
+
+/// `[intel]`: providers, the verdict cache, and how events wait for verdicts. Without a provider
+/// (no `[intel.threatbook]`, no `[[intel.feeds]]`) events carry no verdict.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntelSection {
+    /// Queries for trusted names (`[trust]`): `drop` (counted, not written: the seed's Logstash
+    /// did this) or `keep` (written with the verdict `trusted`, never looked up).
+    pub trusted_events: TrustedEvents,
+    /// Events held while their name is looked up; beyond it events go on as `unknown` (counted)
+    /// and the name is checked later, so the ring-buffer reader never waits.
+    pub max_pending_events: usize,
+    /// Longest an event waits for its verdict before it goes on as `unknown`.
+    pub max_wait_ms: u64,
+    /// How often names that got `unknown` are looked up again while a provider is reachable; a
+    /// malicious answer then still alerts for every client that asked.
+    pub recheck_secs: u64,
+    /// Names remembered for that re-check; beyond it new ones are counted and forgotten.
+    pub max_deferred_names: usize,
+    /// `[intel.cache]`: verdict lifetimes and capacity.
+    pub cache: cache::CacheSection,
+    /// `[intel.threatbook]`: the ThreatBook v3 cloud API (off unless the section is present).
+    pub threatbook: Option<threatbook::ThreatBookSection>,
+    /// `[[intel.feeds]]`: local lists of malicious domains or IPs.
+    pub feeds: Vec<feeds::FeedConfig>,
+}
+
+impl Default for IntelSection {
+    fn default() -> Self {
+        Self {
+            trusted_events: TrustedEvents::Drop,
+            max_pending_events: 65_536,
+            max_wait_ms: 10_000,
+            recheck_secs: 30,
+            max_deferred_names: 100_000,
+            cache: cache::CacheSection::default(),
+            threatbook: None,
+            feeds: Vec::new(),
+        }
+    }
+}
+
+impl IntelSection {
+    /// True when some provider is configured, so events carry verdicts.
+    pub fn enabled(&self) -> bool {
+        self.threatbook.is_some() || !self.feeds.is_empty()
+    }
+
+    pub fn enrich_settings(&self) -> EnrichSettings {
+        EnrichSettings {
+            trusted_events: self.trusted_events,
+            max_pending_events: self.max_pending_events,
+            max_wait_ms: self.max_wait_ms,
+            recheck_secs: self.recheck_secs,
+            max_deferred_names: self.max_deferred_names,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("intel.max_pending_events", self.max_pending_events as u64)?;
+        positive("intel.max_wait_ms", self.max_wait_ms)?;
+        positive("intel.recheck_secs", self.recheck_secs)?;
+        positive("intel.cache.capacity", self.cache.capacity)?;
+        positive(
+            "intel.cache.malicious_ttl_secs",
+            self.cache.malicious_ttl_secs,
+        )?;
+        positive("intel.cache.clean_ttl_secs", self.cache.clean_ttl_secs)?;
+        positive("intel.cache.unknown_ttl_secs", self.cache.unknown_ttl_secs)?;
+        if let Some(tb) = &self.threatbook {
+            tb.validate()?;
+        }
+        feeds::validate(&self.feeds)
+    }
+}
 
 /// Severity as ThreatBook grades it (`info` … `critical`); local feeds use the same scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -208,4 +300,52 @@ impl Assessment {
 /// Normalises a presentation-form name for lookups: lower case, no trailing dot.
 pub fn normalise(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The `intel` object of an event's JSON document: the verdict, and for a malicious name what
+/// the providers said, flattened so Kibana can filter on `intel.judgments` or `intel.tags`.
+#[derive(Debug, Serialize)]
+pub struct IntelDoc<'a> {
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<Confidence>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub judgments: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub permalinks: Vec<&'a str>,
+}
+
+impl Assessment {
+    /// The document form; lists keep the providers' order without repeats.
+    pub fn document(&self) -> IntelDoc<'_> {
+        fn push<'a>(v: &mut Vec<&'a str>, s: &'a str) {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        let mut doc = IntelDoc {
+            verdict: self.verdict.as_str(),
+            severity: self.severity(),
+            confidence: self.confidence(),
+            providers: Vec::new(),
+            judgments: Vec::new(),
+            tags: Vec::new(),
+            permalinks: Vec::new(),
+        };
+        for f in &self.findings {
+            push(&mut doc.providers, &f.provider);
+            f.judgments.iter().for_each(|j| push(&mut doc.judgments, j));
+            f.tags.iter().for_each(|t| push(&mut doc.tags, t));
+            if let Some(p) = &f.permalink {
+                push(&mut doc.permalinks, p);
+            }
+        }
+        doc
+    }
 }

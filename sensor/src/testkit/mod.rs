@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod fake_threatbook;
 pub mod fake_wecom;
+pub mod intel_bench;
 pub mod netns;
 pub mod packet;
 pub mod pcap;

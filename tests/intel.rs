@@ -1,0 +1,366 @@
+//! The intel path end to end in one process: enrichment stage → verdict cache → batcher →
+//! ThreatBook client → the fake ThreatBook server (real HTTP on loopback).
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use sensor::{
+    decode::Query,
+    encode::Encoder,
+    enrich::{EnrichCounters, EnrichSettings, Enriched, Enricher, HitSink, TrustedEvents},
+    intel::{
+        Assessment, Verdict,
+        batch::{Batcher, Limits},
+        cache::{CacheSection, Source, VerdictCache},
+        threatbook::{ThreatBook, ThreatBookSection},
+    },
+    secret::{Secret, SecretSource},
+    testkit::fake_threatbook::{FakeMode, FakeThreatBook, FakeVerdict},
+};
+use sensor_common::Transport;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+const CANARY: &str = "canary-key-7f3a9c1e";
+
+/// Every log line of this test binary, to look for the key in.
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct W(&'static Mutex<Vec<u8>>);
+        impl Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || W(buf))
+            .try_init();
+        buf
+    })
+}
+
+#[derive(Default)]
+struct Hits(Mutex<Vec<(IpAddr, String, u64)>>);
+
+impl HitSink for Hits {
+    fn hit(
+        &self,
+        client: IpAddr,
+        name: &str,
+        _qtype: u16,
+        a: &Arc<Assessment>,
+        _first: OffsetDateTime,
+        _last: OffsetDateTime,
+        count: u64,
+    ) {
+        assert_eq!(a.verdict, Verdict::Malicious);
+        self.0
+            .lock()
+            .unwrap()
+            .push((client, name.to_owned(), count));
+    }
+}
+
+fn query(i: usize, name: &str) -> Query {
+    Query {
+        ts_mono_ns: 1_000_000 + i as u64,
+        ifindex: 1,
+        vlan_outer: 0,
+        vlan_inner: 0,
+        src: IpAddr::V4(Ipv4Addr::new(
+            10,
+            1,
+            (i / 250 % 250) as u8,
+            (i % 250) as u8 + 1,
+        )),
+        dst: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 53)),
+        src_port: 40000,
+        dst_port: 53,
+        transport: Transport::Udp,
+        dns_id: i as u16,
+        qtype: 1,
+        qclass: 1,
+        name: name.into(),
+    }
+}
+
+fn settings(recheck_secs: u64) -> EnrichSettings {
+    EnrichSettings {
+        trusted_events: TrustedEvents::Drop,
+        max_pending_events: 200_000,
+        max_wait_ms: 10_000,
+        recheck_secs,
+        max_deferred_names: 100_000,
+    }
+}
+
+struct Rig {
+    fake: FakeThreatBook,
+    verdicts: Arc<VerdictCache>,
+    batcher: Batcher<String>,
+    hits: Arc<Hits>,
+    counters: Arc<EnrichCounters>,
+    tx: mpsc::Sender<Query>,
+    rx: mpsc::Receiver<Enriched>,
+}
+
+async fn rig(limits: Limits, recheck_secs: u64) -> Rig {
+    logs();
+    let fake = FakeThreatBook::start(CANARY).await.unwrap();
+    let section = ThreatBookSection {
+        base_url: fake.base_url().to_owned(),
+        api_key: SecretSource {
+            env: Some("UNUSED".into()),
+            file: None,
+        },
+        limits: limits.clone(),
+        ..ThreatBookSection::default()
+    };
+    let client = ThreatBook::new(&section, Secret::new(CANARY)).unwrap();
+    let batcher = Batcher::spawn(Arc::new(client), limits);
+    let verdicts = Arc::new(VerdictCache::new(
+        &CacheSection::default(),
+        vec![Source::Remote(batcher.clone())],
+    ));
+    let hits = Arc::new(Hits::default());
+    let counters = Arc::new(EnrichCounters::default());
+    let enricher = Enricher {
+        settings: settings(recheck_secs),
+        trust: None,
+        verdicts: Some(verdicts.clone()),
+        ip_feeds: None,
+        hits: Some(hits.clone()),
+        counters: counters.clone(),
+    };
+    let (tx, in_rx) = mpsc::channel(200_000);
+    let (out_tx, rx) = mpsc::channel(200_000);
+    tokio::spawn(enricher.run(in_rx, out_tx));
+    Rig {
+        fake,
+        verdicts,
+        batcher,
+        hits,
+        counters,
+        tx,
+        rx,
+    }
+}
+
+/// Encodes what came out, as the output stage would, to check the JSON and look for the key.
+fn encode_all(events: &[Enriched]) -> String {
+    let mut enc = Encoder::new("test", &HashMap::from([(1, "eth0".to_owned())]));
+    let mut out = Vec::new();
+    for e in events {
+        enc.encode(&e.query, e.intel.as_deref(), 0, &mut out);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+async fn take(rx: &mut mpsc::Receiver<Enriched>, n: usize) -> Vec<Enriched> {
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("events keep flowing")
+            .expect("stage running");
+        v.push(e);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_events_over_a_thousand_names_make_ten_calls() {
+    // A 100 ms window: the tests run unoptimised, where the stage takes far longer than the
+    // default 20 ms to see 1,000 new names (the release build does it in about a millisecond).
+    let limits = Limits {
+        batch_window_ms: 100,
+        ..Limits::default()
+    };
+    let mut r = rig(limits, 30).await;
+    let names: Vec<String> = (0..1000).map(|i| format!("host{i}.example.com")).collect();
+    let bad = |i: usize| i % 10 == 0;
+    for (i, n) in names.iter().enumerate() {
+        if bad(i) {
+            r.fake.set_domain(n, FakeVerdict::malicious("C2"));
+        }
+    }
+    let producer = {
+        let tx = r.tx.clone();
+        let names = names.clone();
+        tokio::spawn(async move {
+            for i in 0..100_000 {
+                tx.send(query(i, &names[i % 1000])).await.unwrap();
+            }
+        })
+    };
+    let events = take(&mut r.rx, 100_000).await;
+    producer.await.unwrap();
+
+    let mut per_verdict: HashMap<Verdict, usize> = HashMap::new();
+    for e in &events {
+        let i: usize = e.query.name[4..e.query.name.find('.').unwrap()]
+            .parse()
+            .unwrap();
+        let v = e.intel.as_ref().unwrap().verdict;
+        assert_eq!(
+            v,
+            if bad(i) {
+                Verdict::Malicious
+            } else {
+                Verdict::Clean
+            },
+            "{}",
+            e.query.name
+        );
+        *per_verdict.entry(v).or_default() += 1;
+    }
+    assert_eq!(per_verdict[&Verdict::Malicious], 10_000);
+    let requests = r.fake.requests();
+    assert!(
+        requests.len() <= 10,
+        "{} intel calls for 1,000 names",
+        requests.len()
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|q| q.resources.len() <= 100 && q.key_ok)
+    );
+    assert_eq!(
+        requests.iter().map(|q| q.resources.len()).sum::<usize>(),
+        1000
+    );
+    assert_eq!(r.verdicts.len().await, 1000);
+    assert_eq!(
+        r.verdicts
+            .counters()
+            .lookups
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1000
+    );
+    // One hit per malicious event reaches the alerter, which suppresses repeats.
+    let hits = r.hits.0.lock().unwrap();
+    assert_eq!(hits.iter().map(|h| h.2).sum::<u64>(), 10_000);
+    let json = encode_all(&events[..2000]);
+    assert!(json.contains(r#""intel":{"verdict":"malicious","severity":"high","confidence":"high","providers":["threatbook"],"judgments":["C2"]}"#), "{}", &json[..2000]);
+    assert!(json.contains(r#""intel":{"verdict":"clean"}"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_down_events_flow_unknown_breaker_stops_calls_and_names_are_checked_after() {
+    let limits = Limits {
+        breaker_failures: 2,
+        breaker_backoff_ms: 500,
+        batch_window_ms: 5,
+        ..Limits::default()
+    };
+    let mut r = rig(limits, 1).await;
+    r.fake
+        .set_domain("evil.example.net", FakeVerdict::malicious("Botnet"));
+    r.fake.set_mode(FakeMode::ResponseCode(-4));
+
+    // While the provider answers -4: every event still comes out, as `unknown`.
+    for round in 0..3 {
+        for i in 0..50 {
+            let name = if i == 7 {
+                "evil.example.net".to_owned()
+            } else {
+                format!("n{round}-{i}.example.org")
+            };
+            r.tx.send(query(i, &name)).await.unwrap();
+        }
+        let events = take(&mut r.rx, 50).await;
+        assert!(
+            events
+                .iter()
+                .all(|e| e.intel.as_ref().unwrap().verdict == Verdict::Unknown)
+        );
+    }
+    assert!(r.batcher.is_open(), "the breaker opened");
+    let calls_while_open = r.fake.request_count();
+    assert!(calls_while_open <= 3, "{calls_while_open} calls");
+    // More events while open: no call reaches the provider.
+    for i in 0..50 {
+        r.tx.send(query(i, &format!("m{i}.example.org")))
+            .await
+            .unwrap();
+    }
+    take(&mut r.rx, 50).await;
+    assert_eq!(r.fake.request_count(), calls_while_open);
+
+    // The provider recovers: the deferred names are checked, and the malicious one alerts for
+    // the client that asked, though its events went out long ago.
+    r.fake.set_mode(FakeMode::Normal);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if r.hits
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.1 == "evil.example.net")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no alert after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hits = r.hits.0.lock().unwrap().clone();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].0, query(7, "").src);
+    assert_eq!(
+        hits[0].2, 3,
+        "asked three times while the provider was down"
+    );
+    let checked: usize = r.fake.requests()[calls_while_open..]
+        .iter()
+        .map(|q| {
+            q.resources
+                .iter()
+                .filter(|n| *n == "evil.example.net")
+                .count()
+        })
+        .sum();
+    assert!(checked >= 1);
+    assert!(
+        r.counters
+            .rechecks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(
+        r.verdicts.get("evil.example.net").await.unwrap().verdict,
+        Verdict::Malicious
+    );
+
+    // The key appears nowhere: not in logs, not in what was written.
+    let logs = String::from_utf8(logs().lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("rate or quota limit"),
+        "the -4 answers were logged"
+    );
+    assert!(!logs.contains(CANARY), "API key in the logs");
+    r.tx.send(query(1, "evil.example.net")).await.unwrap();
+    let out = take(&mut r.rx, 1).await;
+    let json = encode_all(&out);
+    assert!(json.contains(r#""verdict":"malicious""#));
+    assert!(!json.contains(CANARY));
+    for e in out {
+        assert!(!format!("{:?}", e.intel).contains(CANARY));
+    }
+}

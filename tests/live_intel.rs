@@ -1,0 +1,175 @@
+//! The live intel path: `dig` from a client namespace → XDP → sensor → fake ThreatBook says
+//! malicious → a WeCom message naming the client and its owner, and the JSON line carries the
+//! verdict. Needs root, iproute2 and dig; fails without them.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use sensor::testkit::{
+    daemon::Daemon,
+    fake_threatbook::{FakeThreatBook, FakeVerdict},
+    fake_wecom::FakeWeCom,
+    netns::{Topology, unique},
+    responder::Responder,
+};
+use serde_json::Value;
+
+const TB_KEY: &str = "canary-tb-4d2f9e";
+const WECOM_KEY: &str = "canary-wecom-8b1c7a";
+
+fn sensor_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sensor"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn dig_a_malicious_name_alerts_wecom_with_the_owner_and_the_line_carries_the_verdict() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let tb = rt
+        .block_on(FakeThreatBook::start(TB_KEY))
+        .expect("fake ThreatBook");
+    tb.set_domain(
+        "c2.evil-example.net",
+        FakeVerdict {
+            tags_classes: vec![("virus_family".into(), vec!["Mirai".into()])],
+            permalink: Some("https://x.threatbook.com/v5/domain/c2.evil-example.net".into()),
+            ..FakeVerdict::malicious("C2")
+        },
+    );
+    let wecom = rt.block_on(FakeWeCom::start(WECOM_KEY));
+
+    let topo = Topology::new(false);
+    let client = IpAddr::V4(topo.v4(2));
+    let server = IpAddr::V4(topo.v4(1));
+    let responder = Responder::start(&[server]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let tb_key = write(d, "tb.key", TB_KEY);
+    let wecom_key = write(d, "wecom.key", WECOM_KEY);
+    let inventory = write(
+        d,
+        "assets.csv",
+        &format!(
+            "cidr_or_ip,owner,employee_id,hostname,department\n\
+             10.0.0.0/8,,,,Head office\n{client},Zhang San,E10024,fin-pc-034,Finance\n"
+        ),
+    );
+    let trusted = write(d, "trusted.txt", "# trusted\nbaidu.com\n");
+    let name = unique("live-intel");
+    let config = write(
+        d,
+        "sensor.toml",
+        &format!(
+            r#"[sensor]
+name = "{name}"
+pin_root = "/sys/fs/bpf/dns-sensor-test-{name}"
+
+[capture]
+interfaces = ["{iface}"]
+
+[trust]
+files = ["{trusted}"]
+
+[intel]
+max_wait_ms = 5000
+
+[intel.threatbook]
+base_url = "{tb_url}"
+api_key = {{ file = "{tb_key}" }}
+
+[intel.threatbook.limits]
+batch_window_ms = 5
+
+[alerts]
+inventory = "{inventory}"
+time_zone = "+08:00"
+
+[[alerts.wecom]]
+base_url = "{wecom_url}"
+key = {{ file = "{wecom_key}" }}
+"#,
+            iface = topo.host_if,
+            trusted = trusted.display(),
+            tb_url = tb.base_url(),
+            tb_key = tb_key.display(),
+            inventory = inventory.display(),
+            wecom_url = wecom.base_url(),
+            wecom_key = wecom_key.display(),
+        ),
+    );
+    let mut daemon = Daemon::start(sensor_bin(), &config, d);
+
+    let dig = |qname: &str| {
+        let out = topo
+            .command("dig")
+            .args(["+tries=1", "+timeout=2", &format!("@{server}"), qname, "A"])
+            .output()
+            .expect("run dig");
+        assert!(out.status.success(), "dig {qname}");
+    };
+    dig("www.baidu.com");
+    dig("clean.example.org");
+    dig("C2.Evil-Example.NET");
+
+    rt.block_on(wecom.wait_for(Duration::from_secs(30), |r| {
+        r.iter().any(|m| m.content.contains("c2.evil-example.net"))
+    }));
+    let lines = daemon.stop();
+    let logs = daemon.stderr_seen.join("\n");
+
+    let messages = wecom.accepted();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let m = &messages[0].content;
+    for want in [
+        &client.to_string(),
+        "c2.evil-example.net",
+        "Zhang San",
+        "E10024",
+        "fin-pc-034",
+        "Finance",
+        "C2",
+        "high",
+    ] {
+        assert!(m.contains(want), "alert lacks {want:?}:\n{m}");
+    }
+
+    let docs: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(
+        docs.len(),
+        2,
+        "the trusted query is not written: {lines:#?}"
+    );
+    let by_name = |n: &str| {
+        docs.iter()
+            .find(|d| d["dns"]["question"]["name"] == n)
+            .unwrap_or_else(|| panic!("no line for {n}: {lines:#?}"))
+    };
+    let bad = by_name("c2.evil-example.net");
+    assert_eq!(bad["source"]["ip"], client.to_string());
+    assert_eq!(bad["event"]["kind"], "alert");
+    assert_eq!(bad["intel"]["verdict"], "malicious");
+    assert_eq!(bad["intel"]["providers"][0], "threatbook");
+    assert_eq!(bad["intel"]["judgments"][0], "C2");
+    assert_eq!(by_name("clean.example.org")["intel"]["verdict"], "clean");
+    assert!(
+        responder.seen().iter().any(|s| s.name == "www.baidu.com"),
+        "the trusted query itself passed"
+    );
+
+    // The keys appear nowhere.
+    for text in [logs.as_str(), &lines.join("\n"), m] {
+        assert!(!text.contains(TB_KEY) && !text.contains(WECOM_KEY));
+    }
+    assert!(tb.requests().iter().all(|r| r.key_ok));
+}
