@@ -232,6 +232,45 @@ async fn five_hundred_hits_spread_over_a_minute_fit_in_20_messages() {
     assert!(fake.accepted().len() >= 10, "{}", fake.accepted().len());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_full_submit_queue_drops_without_waiting_and_the_chat_is_told() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeWeCom::start(KEY).await;
+    let config = AlertsSection {
+        queue_size: 10,
+        wecom: vec![wecom(fake.base_url(), key_file(dir.path(), KEY))],
+        ..AlertsSection::default()
+    };
+    let alerter = Alerter::spawn(&config, empty_inventory()).unwrap();
+    // The test holds the only thread: the alert task cannot run until the loop ends, so the
+    // queue fills after 10 and every later submit returns at once.
+    let accepted: Vec<bool> = (0..100)
+        .map(|i| alerter.submit(hit(&format!("10.0.2.{i}"), "flood.example")))
+        .collect();
+    assert_eq!(accepted.iter().filter(|a| **a).count(), 10);
+    assert!(accepted[..10].iter().all(|a| *a));
+    let stats = alerter.shutdown(Duration::from_secs(60)).await;
+    assert_eq!(stats.hits_in, 100);
+    assert_eq!(stats.queue_full_drops, 90);
+    assert_eq!(stats.alerts_delivered, 10);
+    let messages = fake.accepted();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.content.contains("90 hits were dropped")),
+        "{messages:?}"
+    );
+    for i in 0..10 {
+        let client = format!("10.0.2.{i}");
+        assert!(
+            messages
+                .iter()
+                .any(|m| shows(&m.content, &client, "flood.example"))
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Suppression
 
@@ -580,8 +619,13 @@ async fn the_robot_key_appears_in_no_log_and_no_output() {
 
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(
-        logs.contains("errcode_93000") && logs.contains("connect"),
-        "failures were logged"
+        logs.contains("errcode_93000") && logs.contains("Connection refused"),
+        "the failures were logged"
+    );
+    // reqwest logs through `log`: its records are in the capture too, so they were searched.
+    assert!(
+        logs.contains("reqwest::connect"),
+        "log records are captured"
     );
     for (what, text) in [
         ("logs", logs.as_str()),

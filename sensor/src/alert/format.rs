@@ -318,12 +318,14 @@ pub(crate) struct Composed {
     pub(crate) digest: bool,
 }
 
-/// Alerts over the backlog limit, reported as counts in the next message.
+/// What could not be listed, reported as counts in the next message: alerts over the backlog
+/// limit, and hits dropped before suppression because the submit queue was full.
 #[derive(Debug, Default)]
 pub(crate) struct Overflow {
     pub(crate) alerts: u64,
     /// Per name, for the largest few (bounded, so a flood cannot grow it).
     pub(crate) names: HashMap<String, u64>,
+    pub(crate) dropped_hits: u64,
 }
 
 const OVERFLOW_NAMES: usize = 1000;
@@ -338,9 +340,24 @@ impl Overflow {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.alerts == 0 && self.dropped_hits == 0
+    }
+
     fn line(&mut self) -> Option<String> {
-        if self.alerts == 0 {
+        if self.is_empty() {
             return None;
+        }
+        let mut lines = Vec::new();
+        if self.dropped_hits > 0 {
+            lines.push(format!(
+                "⚠ {} hits were dropped before alerting (the alert queue was full); see the event store.",
+                self.dropped_hits
+            ));
+        }
+        if self.alerts == 0 {
+            *self = Overflow::default();
+            return Some(lines.join("\n"));
         }
         let mut top: Vec<(&String, &u64)> = self.names.iter().collect();
         top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -350,12 +367,12 @@ impl Overflow {
             .map(|(n, c)| format!("`{}` ×{c}", md(n, 64)))
             .collect::<Vec<_>>()
             .join(", ");
-        let line = format!(
+        lines.push(format!(
             "⚠ {} more alerts came while the backlog was full and are only counted here (top: {names}); see the event store for each one.",
             self.alerts
-        );
+        ));
         *self = Overflow::default();
-        Some(line)
+        Some(lines.join("\n"))
     }
 }
 
@@ -381,7 +398,7 @@ pub(crate) fn compose_markdown(
 ) -> Composed {
     let mention = mentions_line(mentions);
     let mention_len = mention.as_ref().map_or(0, |m| m.len() + 1);
-    if overflow.alerts == 0
+    if overflow.is_empty()
         && !pending.is_empty()
         && pending.len() <= MAX_DETAILED
         && let Some(composed) = try_detailed(pending, tf, mention.as_deref(), mention_len)
@@ -679,9 +696,13 @@ pub(crate) fn compose_json(
     let n = pending.len().min(max_batch.max(1));
     let alerts: Vec<Value> = pending.drain(..n).map(|a| alert_json(&a)).collect();
     let mut body = json!({ "source": "dns-sensor", "alerts": alerts });
-    if overflow.alerts > 0 {
+    if !overflow.is_empty() {
         let names: BTreeMap<&String, &u64> = overflow.names.iter().collect();
-        body["overflow"] = json!({ "alerts": overflow.alerts, "names": names });
+        body["overflow"] = json!({
+            "alerts": overflow.alerts,
+            "names": names,
+            "dropped_hits": overflow.dropped_hits,
+        });
         *overflow = Overflow::default();
     }
     (body, n)

@@ -121,7 +121,9 @@ pub struct WeComSink {
     /// API base URL. Default `https://qyapi.weixin.qq.com`.
     pub base_url: String,
     /// Messages per sliding minute, retries included; 1 to 20. Default 20. Lower it when
-    /// something else posts through the same robot.
+    /// something else posts through the same robot. Messages are also paced at least
+    /// 61 s / (max_per_minute − 1) apart (3.2 s at 20), so that hits arriving over any one
+    /// minute end up in at most `max_per_minute` messages.
     pub max_per_minute: u32,
     /// WeCom user IDs to mention in every message (`<@userid>` in markdown). Default none.
     pub mention_userids: Vec<String>,
@@ -169,7 +171,9 @@ pub enum HeaderSource {
 ///     "findings": [{ "provider": "threatbook", "severity": "high", "confidence": "high",
 ///                    "judgments": ["C2"], "tags": [], "permalink": "https://…" }]
 ///   }],
-///   "overflow": { "alerts": 12, "names": { "evil.example": 12 } }   // only after a backlog overflow
+///   // only after something could not be listed: alerts over the backlog (with the counts of
+///   // the first 1000 names), hits dropped because the submit queue was full
+///   "overflow": { "alerts": 12, "names": { "evil.example": 12 }, "dropped_hits": 0 }
 /// }
 /// ```
 #[derive(Clone, Deserialize, PartialEq)]
@@ -525,7 +529,8 @@ impl AlertSubmitter {
     }
 }
 
-/// The alert stage: a handle to its tasks.
+/// The alert stage: a handle to its tasks. Dropping it without [`Alerter::shutdown`] starts the
+/// same shutdown with a grace of 10 s (submitters still held then count their hits as drops).
 #[derive(Debug)]
 pub struct Alerter {
     submitter: AlertSubmitter,
@@ -622,6 +627,7 @@ impl Alerter {
                 Duration::from_secs(config.suppress_window_secs),
                 MAX_TRACKED_PAIRS,
             ),
+            drops_reported: 0,
             queues,
             inventory,
             counters: Arc::clone(&counters),
@@ -674,6 +680,8 @@ impl Alerter {
 
 struct Dispatcher {
     suppressor: Suppressor,
+    /// Submit-queue drops already reported to the sinks.
+    drops_reported: u64,
     queues: Vec<Arc<SinkQueue>>,
     inventory: Arc<ArcSwap<Inventory>>,
     counters: Arc<Counters>,
@@ -688,6 +696,7 @@ impl Dispatcher {
         workers: Vec<JoinHandle<()>>,
     ) {
         let end = loop {
+            self.report_drops();
             let next = self.suppressor.next_deadline();
             tokio::select! {
                 biased;
@@ -711,6 +720,7 @@ impl Dispatcher {
         for alert in self.suppressor.drain() {
             self.raise(alert);
         }
+        self.report_drops();
         let _ = deadline.send(Some(end));
         for q in &self.queues {
             q.close();
@@ -719,6 +729,18 @@ impl Dispatcher {
             let _ = w.await;
         }
         debug!("alerts stopped");
+    }
+
+    /// Hits dropped at submit never reach suppression; the chat still learns how many there
+    /// were, in the next message.
+    fn report_drops(&mut self) {
+        let drops = self.counters.queue_full_drops.load(Ordering::Relaxed);
+        if drops > self.drops_reported {
+            for q in &self.queues {
+                q.note_dropped(drops - self.drops_reported);
+            }
+            self.drops_reported = drops;
+        }
     }
 
     fn hit(&mut self, hit: Hit) {

@@ -156,6 +156,12 @@ impl SinkQueue {
         self.notify.notify_one();
     }
 
+    /// Notes hits dropped at submit, for the next message.
+    pub(crate) fn note_dropped(&self, hits: u64) {
+        self.lock().overflow.dropped_hits += hits;
+        self.notify.notify_one();
+    }
+
     /// No more alerts will come: the worker drains what is queued and stops.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
@@ -181,7 +187,7 @@ impl Sink {
             loop {
                 let (empty, closed) = {
                     let st = self.queue.lock();
-                    (st.items.is_empty() && st.overflow.alerts == 0, st.closed)
+                    (st.items.is_empty() && st.overflow.is_empty(), st.closed)
                 };
                 if !empty {
                     break;
