@@ -362,6 +362,29 @@ async fn shutdown_reports_repeats_of_open_windows() {
     assert!(!submitter.submit(hit("10.0.0.9", "evil.example")));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_group_of_hits_takes_one_queue_slot_and_alerts_with_its_count() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeWeCom::start(KEY).await;
+    let config = AlertsSection {
+        queue_size: 1,
+        wecom: vec![wecom(fake.base_url(), key_file(dir.path(), KEY))],
+        ..AlertsSection::default()
+    };
+    let alerter = Alerter::spawn(&config, empty_inventory()).unwrap();
+    let h = hit("10.0.0.5", "group.example");
+    let last = h.seen + time::Duration::minutes(3);
+    assert!(alerter.submitter().submit_group(h, last, 1000));
+    let stats = alerter.shutdown(Duration::from_secs(60)).await;
+    let messages = fake.accepted();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].content.contains("**Count 次数**: 1000"));
+    assert_eq!(stats.hits_in, 1000);
+    assert_eq!(stats.suppressed_repeats, 999);
+    assert_eq!(stats.alerts_raised, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Throttling, splitting, owners, webhook
 

@@ -65,6 +65,25 @@ pub struct Hit {
     pub sensor: String,
 }
 
+/// What travels through the submit queue: one hit, or a group of `count` hits of one pair seen
+/// from `hit.seen` to `last_seen` (one queue slot either way).
+#[derive(Debug, Clone)]
+pub(crate) struct Sighting {
+    pub(crate) hit: Hit,
+    pub(crate) last_seen: OffsetDateTime,
+    pub(crate) count: u64,
+}
+
+impl From<Hit> for Sighting {
+    fn from(hit: Hit) -> Self {
+        Self {
+            last_seen: hit.seen,
+            count: 1,
+            hit,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
@@ -408,7 +427,7 @@ impl Counters {
 /// alert delivered to both counts twice in `alerts_delivered`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AlertStats {
-    /// Hits submitted (accepted or not).
+    /// Hits submitted (accepted or not; a group counts as its hits).
     pub hits_in: u64,
     /// Submitted hits whose verdict was not malicious (ignored).
     pub not_malicious: u64,
@@ -506,7 +525,7 @@ const DROP_GRACE: Duration = Duration::from_secs(10);
 /// Submits hits to the alert stage; cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct AlertSubmitter {
-    tx: mpsc::Sender<Hit>,
+    tx: mpsc::Sender<Sighting>,
     counters: Arc<Counters>,
 }
 
@@ -514,15 +533,31 @@ impl AlertSubmitter {
     /// Queues a hit without waiting. Returns false (and counts the drop) when the queue is full
     /// or the stage has shut down: the event pipeline must never wait on a chat robot.
     pub fn submit(&self, hit: Hit) -> bool {
-        Counters::inc(&self.counters.hits_in);
-        match self.tx.try_send(hit) {
+        self.send(hit.into())
+    }
+
+    /// Queues `count` hits of one (client, name) pair at once, the first seen at `hit.seen`
+    /// and the last at `last_seen`: one queue slot instead of `count`, with the same effect on
+    /// alerts and counters as submitting each hit (counted hits, repeats, drops).
+    pub fn submit_group(&self, hit: Hit, last_seen: OffsetDateTime, count: u64) -> bool {
+        self.send(Sighting {
+            hit,
+            last_seen,
+            count: count.max(1),
+        })
+    }
+
+    fn send(&self, sighting: Sighting) -> bool {
+        let n = sighting.count;
+        Counters::add(&self.counters.hits_in, n);
+        match self.tx.try_send(sighting) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                Counters::inc(&self.counters.queue_full_drops);
+                Counters::add(&self.counters.queue_full_drops, n);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                Counters::inc(&self.counters.closed_drops);
+                Counters::add(&self.counters.closed_drops, n);
                 false
             }
         }
@@ -690,7 +725,7 @@ struct Dispatcher {
 impl Dispatcher {
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Hit>,
+        mut rx: mpsc::Receiver<Sighting>,
         mut shutdown: oneshot::Receiver<Instant>,
         deadline: watch::Sender<Option<Instant>>,
         workers: Vec<JoinHandle<()>>,
@@ -743,15 +778,16 @@ impl Dispatcher {
         }
     }
 
-    fn hit(&mut self, hit: Hit) {
-        if hit.assessment.verdict != Verdict::Malicious {
-            Counters::inc(&self.counters.not_malicious);
+    fn hit(&mut self, sighting: Sighting) {
+        let n = sighting.count;
+        if sighting.hit.assessment.verdict != Verdict::Malicious {
+            Counters::add(&self.counters.not_malicious, n);
             return;
         }
         let inventory = &self.inventory;
         let mut evicted = Vec::new();
         let observed = self.suppressor.observe(
-            hit,
+            sighting,
             |ip| inventory.load().lookup_shared(ip).cloned(),
             Instant::now(),
             &mut evicted,
@@ -760,8 +796,11 @@ impl Dispatcher {
             self.raise(alert);
         }
         match observed {
-            Observed::New(alert) => self.raise(alert),
-            Observed::Repeat => Counters::inc(&self.counters.suppressed_repeats),
+            Observed::New(alert) => {
+                Counters::add(&self.counters.suppressed_repeats, n - 1);
+                self.raise(alert);
+            }
+            Observed::Repeat => Counters::add(&self.counters.suppressed_repeats, n),
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{Alert, AlertKind, Hit, PairStats};
+use super::{Alert, AlertKind, PairStats, Sighting};
 use crate::inventory::Asset;
 
 type PairKey = (IpAddr, String);
@@ -51,23 +51,30 @@ impl Suppressor {
         }
     }
 
-    /// Records a hit at `now`. `owner` is looked up by the caller only for pairs it has not
-    /// seen (it is called lazily).
+    /// Records a sighting (one hit, or `count` hits of one pair) at `now`. `owner` is called
+    /// only for a pair that raises an alert.
     pub(crate) fn observe(
         &mut self,
-        hit: Hit,
+        sighting: Sighting,
         owner: impl FnOnce(IpAddr) -> Option<Arc<Asset>>,
         now: Instant,
         evicted: &mut Vec<Arc<Alert>>,
     ) -> Observed {
+        let Sighting {
+            hit,
+            last_seen,
+            count,
+        } = sighting;
+        let count = count.max(1);
+        let last_seen = last_seen.max(hit.seen);
         let key = (hit.client, crate::intel::normalise(&hit.name));
         if let Some(tracked) = self.pairs.get(&key)
             && tracked.deadline > now
         {
             let mut stats = lock(&tracked.alert.stats);
-            stats.count += 1;
+            stats.count += count;
             stats.first_seen = stats.first_seen.min(hit.seen);
-            stats.last_seen = stats.last_seen.max(hit.seen);
+            stats.last_seen = stats.last_seen.max(last_seen);
             return Observed::Repeat;
         }
         // Not tracked, or its window ended and `expire` has not run yet: close it first so its
@@ -91,8 +98,8 @@ impl Suppressor {
             owner: owner(hit.client),
             stats: Arc::new(Mutex::new(PairStats {
                 first_seen: hit.seen,
-                last_seen: hit.seen,
-                count: 1,
+                last_seen,
+                count,
                 shown: 0,
             })),
             name: hit.name,
@@ -178,8 +185,8 @@ mod tests {
     use super::*;
     use crate::intel::{Assessment, Verdict};
 
-    fn hit(client: &str, name: &str, secs: i64) -> Hit {
-        Hit {
+    fn hit(client: &str, name: &str, secs: i64) -> crate::alert::Hit {
+        crate::alert::Hit {
             client: client.parse().unwrap(),
             name: name.into(),
             qtype: "A".into(),
@@ -205,13 +212,18 @@ mod tests {
         let mut s = Suppressor::new(Duration::from_secs(3600), 100);
         let t0 = Instant::now();
         let mut ev = Vec::new();
-        let a = new(s.observe(hit("10.0.0.1", "evil.test", 0), |_| None, t0, &mut ev));
+        let a = new(s.observe(
+            hit("10.0.0.1", "evil.test", 0).into(),
+            |_| None,
+            t0,
+            &mut ev,
+        ));
         // A message showed it.
         lock(&a.stats).shown = 1;
         // Same pair (name case and trailing dot differ): repeat.
         for i in 1..5 {
             let o = s.observe(
-                hit("10.0.0.1", "EVIL.test.", i),
+                hit("10.0.0.1", "EVIL.test.", i).into(),
                 |_| None,
                 t0 + Duration::from_secs(i as u64),
                 &mut ev,
@@ -219,7 +231,12 @@ mod tests {
             assert!(matches!(o, Observed::Repeat));
         }
         // Another client, same name: its own alert.
-        let b = new(s.observe(hit("10.0.0.2", "evil.test", 5), |_| None, t0, &mut ev));
+        let b = new(s.observe(
+            hit("10.0.0.2", "evil.test", 5).into(),
+            |_| None,
+            t0,
+            &mut ev,
+        ));
         lock(&b.stats).shown = 1;
         {
             let st = lock(&a.stats);
@@ -239,7 +256,7 @@ mod tests {
 
         // After the window the pair alerts again.
         new(s.observe(
-            hit("10.0.0.1", "evil.test", 4000),
+            hit("10.0.0.1", "evil.test", 4000).into(),
             |_| None,
             t0 + Duration::from_secs(3601),
             &mut ev,
@@ -252,14 +269,14 @@ mod tests {
         let mut s = Suppressor::new(Duration::from_secs(60), 100);
         let t0 = Instant::now();
         let mut ev = Vec::new();
-        let a = new(s.observe(hit("10.0.0.1", "x.test", 0), |_| None, t0, &mut ev));
-        s.observe(hit("10.0.0.1", "x.test", 1), |_| None, t0, &mut ev);
+        let a = new(s.observe(hit("10.0.0.1", "x.test", 0).into(), |_| None, t0, &mut ev));
+        s.observe(hit("10.0.0.1", "x.test", 1).into(), |_| None, t0, &mut ev);
         // A message showed the alert after the repeat arrived (count 2).
         lock(&a.stats).shown = 2;
         assert!(s.expire(t0 + Duration::from_secs(60)).is_empty());
         // An alert no message has shown is still queued: it will carry the count itself.
-        let b = new(s.observe(hit("10.0.0.9", "x.test", 0), |_| None, t0, &mut ev));
-        s.observe(hit("10.0.0.9", "x.test", 1), |_| None, t0, &mut ev);
+        let b = new(s.observe(hit("10.0.0.9", "x.test", 0).into(), |_| None, t0, &mut ev));
+        s.observe(hit("10.0.0.9", "x.test", 1).into(), |_| None, t0, &mut ev);
         assert_eq!(lock(&b.stats).count, 2);
         assert!(s.drain().is_empty());
     }
@@ -269,15 +286,47 @@ mod tests {
         let mut s = Suppressor::new(Duration::from_secs(3600), 2);
         let t0 = Instant::now();
         let mut ev = Vec::new();
-        let a = new(s.observe(hit("10.0.0.1", "a.test", 0), |_| None, t0, &mut ev));
+        let a = new(s.observe(hit("10.0.0.1", "a.test", 0).into(), |_| None, t0, &mut ev));
         lock(&a.stats).shown = 1;
-        s.observe(hit("10.0.0.1", "a.test", 1), |_| None, t0, &mut ev);
-        new(s.observe(hit("10.0.0.2", "a.test", 0), |_| None, t0, &mut ev));
-        new(s.observe(hit("10.0.0.3", "a.test", 0), |_| None, t0, &mut ev));
+        s.observe(hit("10.0.0.1", "a.test", 1).into(), |_| None, t0, &mut ev);
+        new(s.observe(hit("10.0.0.2", "a.test", 0).into(), |_| None, t0, &mut ev));
+        new(s.observe(hit("10.0.0.3", "a.test", 0).into(), |_| None, t0, &mut ev));
         assert_eq!(s.tracked(), 2);
         assert_eq!(ev.len(), 1, "the evicted pair's repeat is reported");
         assert_eq!(ev[0].client.to_string(), "10.0.0.1");
         let rest = s.drain();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_counts_as_its_hits() {
+        let mut s = Suppressor::new(Duration::from_secs(3600), 100);
+        let t0 = Instant::now();
+        let mut ev = Vec::new();
+        let first = hit("10.0.0.1", "g.test", 0);
+        let later = OffsetDateTime::from_unix_timestamp(1_700_000_100).unwrap();
+        let a = new(s.observe(
+            Sighting {
+                hit: first.clone(),
+                last_seen: later,
+                count: 40,
+            },
+            |_| None,
+            t0,
+            &mut ev,
+        ));
+        let o = s.observe(
+            Sighting {
+                hit: first,
+                last_seen: later,
+                count: 2,
+            },
+            |_| None,
+            t0,
+            &mut ev,
+        );
+        assert!(matches!(o, Observed::Repeat));
+        let st = lock(&a.stats);
+        assert_eq!((st.count, st.last_seen), (42, later));
     }
 }
