@@ -233,6 +233,33 @@ async fn five_hundred_hits_spread_over_a_minute_fit_in_20_messages() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_stops_at_its_deadline_and_counts_what_is_left() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeWeCom::start(KEY).await;
+    let config = AlertsSection {
+        wecom: vec![wecom(fake.base_url(), key_file(dir.path(), KEY))],
+        ..AlertsSection::default()
+    };
+    let alerter = Alerter::spawn(&config, empty_inventory()).unwrap();
+    for (client, name) in pairs(500) {
+        alerter.submit(hit(&client, &name));
+    }
+    let start = Instant::now();
+    // 500 alerts need several digests 3.2 s apart: 5 s is not enough for all.
+    let stats = alerter.shutdown(Duration::from_secs(5)).await;
+    assert!(Instant::now() - start <= Duration::from_secs(5));
+    assert!(
+        fake.received()
+            .iter()
+            .all(|r| r.at - start <= Duration::from_secs(5))
+    );
+    assert!(stats.alerts_undelivered > 0);
+    assert_eq!(stats.alerts_delivered + stats.alerts_undelivered, 500);
+    assert_eq!(stats.messages_sent as usize, fake.accepted().len());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_full_submit_queue_drops_without_waiting_and_the_chat_is_told() {
     logs();
     let dir = tempfile::tempdir().unwrap();

@@ -455,8 +455,8 @@ pub struct AlertStats {
     pub throttled: u64,
     /// Alerts over a sink's backlog, reported only as counts.
     pub backlog_overflow: u64,
-    /// Messages that failed for good, by reason (`errcode_93000`, `http_404`, `timeout`,
-    /// `connect`, `shutdown`, …).
+    /// Messages that failed for good, by reason (`errcode_93000`, `errcode_40058`, `http_404`,
+    /// `timeout`, `connect`, `protocol`, `shutdown` for one cut short by the shutdown deadline).
     pub send_failures: BTreeMap<String, u64>,
 }
 

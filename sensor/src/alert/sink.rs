@@ -205,10 +205,10 @@ impl Sink {
             // 3. Compose from everything queued by now, and deliver.
             let composed = self.compose();
             let n = composed.alerts as u64;
-            let mut delivered = true;
+            let mut outcome = Delivery::Delivered;
             for message in composed.messages {
-                if !self.deliver(&message).await {
-                    delivered = false;
+                outcome = self.deliver(&message).await;
+                if outcome != Delivery::Delivered {
                     break;
                 }
                 Counters::inc(&self.counters.messages_sent);
@@ -216,12 +216,15 @@ impl Sink {
                     Counters::inc(&self.counters.digests_sent);
                 }
             }
-            let counter = if delivered {
-                &self.counters.alerts_delivered
-            } else {
-                &self.counters.alerts_undelivered
-            };
-            Counters::add(counter, n);
+            match outcome {
+                Delivery::Delivered => Counters::add(&self.counters.alerts_delivered, n),
+                // The failure itself was counted by reason in `deliver`.
+                Delivery::Failed => Counters::add(&self.counters.alerts_undelivered, n),
+                Delivery::Deadline => {
+                    Counters::add(&self.counters.alerts_undelivered, n);
+                    self.counters.failure("shutdown", 1);
+                }
+            }
         }
         // Past the shutdown deadline: what is left is counted, not sent.
         let left = {
@@ -233,7 +236,6 @@ impl Sink {
         };
         if left > 0 {
             Counters::add(&self.counters.alerts_undelivered, left);
-            self.counters.failure("shutdown", left);
             warn!(sink = %self.name, alerts = left, "shutdown deadline reached: alerts not sent");
         }
     }
@@ -289,15 +291,15 @@ impl Sink {
         }
     }
 
-    /// Sends one message under the budget and the retry policy; false if it was not delivered.
-    async fn deliver(&mut self, message: &Outgoing) -> bool {
+    /// Sends one message under the budget and the retry policy.
+    async fn deliver(&mut self, message: &Outgoing) -> Delivery {
         let mut failures = 0u32;
         let mut throttles = 0u32;
         let mut not_before = Instant::now();
         loop {
             let at = self.budget.ready_at(Instant::now()).max(not_before);
             if !self.wait_until(at).await {
-                return false;
+                return Delivery::Deadline;
             }
             // Every request counts against the budget, retries included.
             let now = Instant::now();
@@ -312,7 +314,7 @@ impl Sink {
                 _ => unreachable!("messages are composed for their own transport"),
             };
             match result {
-                Ok(()) => return true,
+                Ok(()) => return Delivery::Delivered,
                 Err(SendError::Throttled { reason }) => {
                     throttles += 1;
                     Counters::inc(&self.counters.throttled);
@@ -334,11 +336,20 @@ impl Sink {
                 ) => {
                     self.counters.failure(&reason, 1);
                     warn!(sink = %self.name, %reason, %detail, "alert message not delivered");
-                    return false;
+                    return Delivery::Failed;
                 }
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Delivered,
+    /// Failed for good; counted by reason.
+    Failed,
+    /// The shutdown deadline came first.
+    Deadline,
 }
 
 struct ComposedOut {
