@@ -9,18 +9,23 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use sensor::{
+    alert::{Alerter, AlertsSection},
     decode::Query,
     encode::Encoder,
     enrich::{EnrichCounters, EnrichSettings, Enriched, Enricher, HitSink, TrustedEvents},
+    intel::setup::AlertHits,
     intel::{
         Assessment, Verdict,
         batch::{Batcher, Limits},
         cache::{CacheSection, Source, VerdictCache},
         threatbook::{ThreatBook, ThreatBookSection},
     },
+    inventory::Inventory,
     secret::{Secret, SecretSource},
     testkit::fake_threatbook::{FakeMode, FakeThreatBook, FakeVerdict},
+    testkit::fake_wecom::{FakeWeCom, Received},
 };
 use sensor_common::Transport;
 use time::OffsetDateTime;
@@ -96,6 +101,23 @@ fn query(i: usize, name: &str) -> Query {
     }
 }
 
+fn client_of(name_index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        10,
+        9,
+        (name_index / 250) as u8,
+        (name_index % 250) as u8 + 1,
+    ))
+}
+
+/// The alerts carried by the webhook requests received so far.
+fn alerts_in(reqs: &[Received]) -> Vec<serde_json::Value> {
+    reqs.iter()
+        .filter_map(|r| r.body.as_ref())
+        .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
 fn settings(recheck_secs: u64) -> EnrichSettings {
     EnrichSettings {
         trusted_events: TrustedEvents::Drop,
@@ -116,7 +138,7 @@ struct Rig {
     rx: mpsc::Receiver<Enriched>,
 }
 
-async fn rig(limits: Limits, recheck_secs: u64) -> Rig {
+async fn rig(limits: Limits, recheck_secs: u64, sink: Option<Arc<dyn HitSink>>) -> Rig {
     logs();
     let fake = FakeThreatBook::start(CANARY).await.unwrap();
     let section = ThreatBookSection {
@@ -141,7 +163,7 @@ async fn rig(limits: Limits, recheck_secs: u64) -> Rig {
         trust: None,
         verdicts: Some(verdicts.clone()),
         ip_feeds: None,
-        hits: Some(hits.clone()),
+        hits: Some(sink.unwrap_or_else(|| hits.clone())),
         counters: counters.clone(),
     };
     let (tx, in_rx) = mpsc::channel(200_000);
@@ -188,9 +210,25 @@ async fn hundred_thousand_events_over_a_thousand_names_make_ten_calls() {
         batch_window_ms: 100,
         ..Limits::default()
     };
-    let mut r = rig(limits, 30).await;
+    // The real alert stage, posting to a generic JSON webhook (the fake's `/json` endpoint).
+    let hook = FakeWeCom::start("unused").await;
+    let alerts_cfg: AlertsSection = toml::from_str(&format!(
+        "suppress_window_secs = 3600\nqueue_size = 20000\n[[webhook]]\nurl = \"{}\"\n",
+        hook.json_url()
+    ))
+    .unwrap();
+    let alerter = Alerter::spawn(
+        &alerts_cfg,
+        Arc::new(ArcSwap::from_pointee(Inventory::default())),
+    )
+    .unwrap();
+    let sink = Arc::new(AlertHits {
+        submitter: alerter.submitter(),
+        sensor: "test".into(),
+    });
+    let mut r = rig(limits, 30, Some(sink)).await;
     let names: Vec<String> = (0..1000).map(|i| format!("host{i}.example.com")).collect();
-    let bad = |i: usize| i % 10 == 0;
+    let bad = |i: usize| i.is_multiple_of(10);
     for (i, n) in names.iter().enumerate() {
         if bad(i) {
             r.fake.set_domain(n, FakeVerdict::malicious("C2"));
@@ -201,7 +239,10 @@ async fn hundred_thousand_events_over_a_thousand_names_make_ten_calls() {
         let names = names.clone();
         tokio::spawn(async move {
             for i in 0..100_000 {
-                tx.send(query(i, &names[i % 1000])).await.unwrap();
+                let mut q = query(i, &names[i % 1000]);
+                // One client per name, so each malicious name makes one (client, name) pair.
+                q.src = client_of(i % 1000);
+                tx.send(q).await.unwrap();
             }
         })
     };
@@ -250,9 +291,29 @@ async fn hundred_thousand_events_over_a_thousand_names_make_ten_calls() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1000
     );
-    // One hit per malicious event reaches the alerter, which suppresses repeats.
-    let hits = r.hits.0.lock().unwrap();
-    assert_eq!(hits.iter().map(|h| h.2).sum::<u64>(), 10_000);
+    // Every malicious event reaches the alerter, which alerts each pair once and counts the
+    // repeats.
+    hook.wait_for(Duration::from_secs(120), |reqs| {
+        alerts_in(reqs)
+            .iter()
+            .filter(|a| a["kind"] == "first")
+            .count()
+            >= 100
+    })
+    .await;
+    let alerts = alerts_in(&hook.received());
+    let first: Vec<&serde_json::Value> = alerts.iter().filter(|a| a["kind"] == "first").collect();
+    assert_eq!(first.len(), 100, "one alert per malicious name");
+    for i in (0..1000).filter(|&i| bad(i)) {
+        let a: Vec<_> = first.iter().filter(|a| a["name"] == names[i]).collect();
+        assert_eq!(a.len(), 1, "{} alerted {} times", names[i], a.len());
+        assert_eq!(a[0]["client"], client_of(i).to_string());
+    }
+    let stats = alerter.stats();
+    assert_eq!(stats.hits_in, 10_000, "{stats:?}");
+    assert_eq!(stats.alerts_raised, 100, "{stats:?}");
+    assert_eq!(stats.suppressed_repeats, 9_900, "{stats:?}");
+    assert_eq!(stats.queue_full_drops, 0, "{stats:?}");
     let json = encode_all(&events[..2000]);
     assert!(json.contains(r#""intel":{"verdict":"malicious","severity":"high","confidence":"high","providers":["threatbook"],"judgments":["C2"]}"#), "{}", &json[..2000]);
     assert!(json.contains(r#""intel":{"verdict":"clean"}"#));
@@ -266,7 +327,7 @@ async fn provider_down_events_flow_unknown_breaker_stops_calls_and_names_are_che
         batch_window_ms: 5,
         ..Limits::default()
     };
-    let mut r = rig(limits, 1).await;
+    let mut r = rig(limits, 1, None).await;
     r.fake
         .set_domain("evil.example.net", FakeVerdict::malicious("Botnet"));
     r.fake.set_mode(FakeMode::ResponseCode(-4));

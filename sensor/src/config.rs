@@ -358,5 +358,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(feeds, [defaults]);
+        // And the whole file with them is a valid config.
+        let full = Config::from_toml(&optional, "optional sections").unwrap();
+        assert_eq!(full.alerts.wecom.len(), 1);
+        assert_eq!(full.alerts.webhook.len(), 1);
+        assert_eq!(full.alerts.wecom[0].max_per_minute, 20);
     }
 }

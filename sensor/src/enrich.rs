@@ -323,7 +323,6 @@ impl Enricher {
         mut a: Arc<Assessment>,
         tx: &mpsc::Sender<Enriched>,
     ) {
-        let seen = wall(&st.clock, q.ts_mono_ns);
         if let Some(feeds) = &self.ip_feeds {
             let listed = feeds.match_ip(q.dst);
             if !listed.is_empty() {
@@ -335,13 +334,17 @@ impl Enricher {
         }
         match a.verdict {
             Verdict::Malicious => {
+                let seen = wall(&st.clock, q.ts_mono_ns);
                 self.resolve_deferred(st, &q.name, &a);
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 if let Some(h) = &self.hits {
                     h.hit(q.src, &q.name, q.qtype, &a, seen, seen, 1);
                 }
             }
-            Verdict::Unknown => self.defer(st, &q, seen),
+            Verdict::Unknown => {
+                let seen = wall(&st.clock, q.ts_mono_ns);
+                self.defer(st, &q, seen)
+            }
             Verdict::Clean | Verdict::Trusted => self.resolve_deferred(st, &q.name, &a),
         }
         self.emit(

@@ -103,16 +103,12 @@ impl Reload for ForgetVerdicts {
     }
 }
 
-/// Hands the enrichment stage's hits to the alert stage (which suppresses repeats and counts
-/// them, so a sighting group of `count` queries becomes `count` hits).
+/// Hands the enrichment stage's hits to the alert stage, which suppresses repeats and counts
+/// them; a deferred sighting group of `count` queries takes one queue slot.
 pub struct AlertHits {
     pub submitter: crate::alert::AlertSubmitter,
     pub sensor: String,
 }
-
-/// Most hits one deferred sighting group turns into: enough for the alert's count to be right
-/// in any real case, bounded so one name cannot flood the alert queue.
-const MAX_HITS_PER_GROUP: u64 = 1000;
 
 impl crate::enrich::HitSink for AlertHits {
     fn hit(
@@ -125,16 +121,18 @@ impl crate::enrich::HitSink for AlertHits {
         last_seen: time::OffsetDateTime,
         count: u64,
     ) {
-        let qtype = crate::decode::qtype_name(qtype);
-        for i in 0..count.clamp(1, MAX_HITS_PER_GROUP) {
-            self.submitter.submit(crate::alert::Hit {
-                client,
-                name: name.to_owned(),
-                qtype: qtype.clone(),
-                assessment: assessment.clone(),
-                seen: if i == 0 { first_seen } else { last_seen },
-                sensor: self.sensor.clone(),
-            });
+        let hit = crate::alert::Hit {
+            client,
+            name: name.to_owned(),
+            qtype: crate::decode::qtype_name(qtype),
+            assessment: assessment.clone(),
+            seen: first_seen,
+            sensor: self.sensor.clone(),
+        };
+        if count <= 1 {
+            self.submitter.submit(hit);
+        } else {
+            self.submitter.submit_group(hit, last_seen, count);
         }
     }
 }
