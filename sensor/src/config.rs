@@ -44,6 +44,10 @@ pub struct Config {
     pub intel: crate::intel::IntelSection,
     #[serde(default)]
     pub alerts: crate::alert::AlertsSection,
+    /// `[kafka]`: off unless the section is present.
+    pub kafka: Option<crate::sink::kafka::KafkaSection>,
+    /// `[elasticsearch]`: off unless the section is present.
+    pub elasticsearch: Option<crate::sink::elastic::ElasticSection>,
 }
 
 /// `[sensor]`: identity of this sensor instance.

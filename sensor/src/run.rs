@@ -106,20 +106,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let intel = crate::intel::setup::build(&config.trust, &config.intel)?;
     let mut reloaders = intel.reloaders.clone();
+    let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
+        config.alerts.load_inventory()?,
+    ));
+    if let Some(path) = &config.alerts.inventory {
+        reloaders.push(Arc::new(crate::intel::setup::InventoryReload {
+            path: path.clone(),
+            current: inventory.clone(),
+            counters: Default::default(),
+        }));
+    }
     let alerter = if config.alerts.wecom.is_empty() && config.alerts.webhook.is_empty() {
         None
     } else {
-        let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
-            config.alerts.load_inventory()?,
-        ));
-        if let Some(path) = &config.alerts.inventory {
-            reloaders.push(Arc::new(crate::intel::setup::InventoryReload {
-                path: path.clone(),
-                current: inventory.clone(),
-                counters: Default::default(),
-            }));
-        }
-        Some(crate::alert::Alerter::spawn(&config.alerts, inventory)?)
+        Some(crate::alert::Alerter::spawn(
+            &config.alerts,
+            inventory.clone(),
+        )?)
     };
     let reload_task = tokio::spawn(
         crate::reload::Watcher::new(reloaders)
@@ -142,8 +145,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let counters = Arc::new(reader::StageCounters::default());
     let (tx, enrich_rx) = mpsc::channel(config.output.queue_size);
-    let (enrich_tx, rx) = mpsc::channel(config.output.queue_size);
+    let (enrich_tx, fanout_rx) = mpsc::channel(config.output.queue_size);
     let enriching = tokio::spawn(enricher.run(enrich_rx, enrich_tx));
+    let (tx_out, rx) = mpsc::channel(config.output.queue_size);
+    let fanout = crate::sink::Fanout {
+        kafka: config
+            .kafka
+            .as_ref()
+            .map(|k| {
+                crate::sink::kafka::KafkaSink::start(
+                    k,
+                    &config.sensor.name,
+                    &interfaces,
+                    inventory.clone(),
+                )
+            })
+            .transpose()?,
+        elastic: config
+            .elasticsearch
+            .as_ref()
+            .map(|e| {
+                crate::sink::elastic::ElasticSink::start(
+                    e,
+                    &config.sensor.name,
+                    &interfaces,
+                    inventory.clone(),
+                )
+            })
+            .transpose()?,
+        output_queue_full: Default::default(),
+    };
+    let fanning = tokio::spawn(fanout.run(fanout_rx, Some(tx_out)));
     let sink = output::open(&config.output).context("opening the output")?;
     let writer = {
         let counters = counters.clone();
@@ -171,7 +203,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(tx);
     // The enricher ends when its input closes and its waiting events have gone on.
     enriching.await.context("enrichment task")?;
+    let fanout = fanning.await.context("fan-out task")?;
     reload_task.abort();
+    let grace = std::time::Duration::from_secs(10);
+    if let Some(k) = fanout.kafka {
+        k.shutdown(grace).await;
+    }
+    if let Some(e) = fanout.elastic {
+        e.shutdown(grace).await;
+    }
     if let Some(a) = alerter {
         // Sends what is queued and the repeat counts of open windows, within the budget.
         let stats = a.shutdown(std::time::Duration::from_secs(10)).await;
