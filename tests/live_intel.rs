@@ -64,6 +64,10 @@ fn dig_a_malicious_name_alerts_wecom_with_the_owner_and_the_line_carries_the_ver
     );
     let trusted = write(d, "trusted.txt", "# trusted\nbaidu.com\n");
     let name = unique("live-intel");
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
     let config = write(
         d,
         "sensor.toml",
@@ -95,6 +99,9 @@ time_zone = "+08:00"
 [[alerts.wecom]]
 base_url = "{wecom_url}"
 key = {{ file = "{wecom_key}" }}
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 "#,
             iface = topo.host_if,
             trusted = trusted.display(),
@@ -122,6 +129,66 @@ key = {{ file = "{wecom_key}" }}
     rt.block_on(wecom.wait_for(Duration::from_secs(30), |r| {
         r.iter().any(|m| m.content.contains("c2.evil-example.net"))
     }));
+    // /metrics while it runs: parses as Prometheus text, and the numbers match what was sent.
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body")
+    });
+    let health = rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/healthz"))
+            .await
+            .expect("GET /healthz")
+            .status()
+    });
+    assert!(health.is_success());
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text");
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(
+        value("dns_sensor_kernel_events_total", None),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(value("dns_sensor_reader_records_read_total", None), 3.0);
+    assert_eq!(value("dns_sensor_enrich_trusted_total", None), 1.0);
+    assert_eq!(value("dns_sensor_cache_lookups_total", None), 2.0);
+    assert_eq!(
+        value("dns_sensor_cache_verdicts_malicious_total", None),
+        1.0
+    );
+    assert_eq!(value("dns_sensor_cache_entries", None), 2.0);
+    assert_eq!(value("dns_sensor_alerts_raised_total", None), 1.0);
+    assert_eq!(value("dns_sensor_alerts_messages_sent_total", None), 1.0);
+    assert_eq!(
+        value(
+            "dns_sensor_intel_calls_total",
+            Some(("provider", "threatbook"))
+        ),
+        tb.request_count() as f64
+    );
+    assert_eq!(
+        value(
+            "dns_sensor_queue_depth",
+            Some(("queue", "reader_to_enrich"))
+        ),
+        0.0
+    );
+    assert!(!metrics.contains(TB_KEY) && !metrics.contains(WECOM_KEY));
+
     let lines = daemon.stop();
     let logs = daemon.stderr_seen.join("\n");
 

@@ -44,6 +44,8 @@ pub struct Config {
     pub intel: crate::intel::IntelSection,
     #[serde(default)]
     pub alerts: crate::alert::AlertsSection,
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsSection,
     /// `[kafka]`: off unless the section is present.
     pub kafka: Option<crate::sink::kafka::KafkaSection>,
     /// `[elasticsearch]`: off unless the section is present.
@@ -241,6 +243,7 @@ impl Config {
         self.trust.validate()?;
         self.intel.validate()?;
         self.alerts.validate()?;
+        self.metrics.address()?;
         Ok(())
     }
 

@@ -24,5 +24,6 @@ pub mod run;
 pub mod secret;
 pub mod sink;
 pub mod stats;
+pub mod telemetry;
 pub mod testkit;
 pub mod trust;

@@ -47,3 +47,186 @@ impl Metric {
         self
     }
 }
+
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use serde::Deserialize;
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `host:port` serving `/metrics` (Prometheus text) and `/healthz`; empty: no endpoint.
+    pub listen: String,
+}
+
+impl MetricsSection {
+    pub fn address(&self) -> Result<Option<SocketAddr>, crate::config::ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .parse()
+            .map(Some)
+            .map_err(|_| crate::config::ConfigError::Invalid {
+                key: "metrics.listen",
+                message: format!(
+                    "{:?} is not host:port (e.g. \"127.0.0.1:9153\")",
+                    self.listen
+                ),
+            })
+    }
+}
+
+type Collect = Box<dyn Fn(&mut Vec<Metric>) + Send + Sync>;
+
+/// Everything that contributes samples, asked on each scrape.
+#[derive(Default)]
+pub struct Sources(Vec<Collect>);
+
+impl Sources {
+    pub fn add(&mut self, f: impl Fn(&mut Vec<Metric>) + Send + Sync + 'static) {
+        self.0.push(Box::new(f));
+    }
+
+    pub fn snapshot(&self) -> Vec<Metric> {
+        let mut out = Vec::new();
+        for f in &self.0 {
+            f(&mut out);
+        }
+        out
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of a fresh snapshot, names prefixed
+    /// `dns_sensor_`.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::with_prefix("dns_sensor");
+        registry.register_collector(Box::new(Snapshot(self.clone())));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        text
+    }
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sources({})", self.0.len())
+    }
+}
+
+#[derive(Debug)]
+struct Snapshot(Arc<Sources>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let samples = self.0.snapshot();
+        // One descriptor per name, its samples together, in first-seen order.
+        let mut names: Vec<&str> = Vec::new();
+        for m in &samples {
+            if !names.contains(&m.name.as_ref()) {
+                names.push(&m.name);
+            }
+        }
+        for name in names {
+            let family: Vec<&Metric> = samples.iter().filter(|m| m.name == name).collect();
+            let first = family[0];
+            let kind = match first.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            let mut metric = encoder.encode_descriptor(name, &first.help, None, kind)?;
+            for m in family {
+                let labels: Vec<(&str, &str)> = m
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_ref(), v.as_str()))
+                    .collect();
+                let sample = metric.encode_family(&labels)?;
+                match m.kind {
+                    Kind::Counter => ConstCounter::new(m.value).encode(sample)?,
+                    Kind::Gauge => ConstGauge::new(m.value).encode(sample)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the task is aborted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sources: Arc<Sources>,
+) -> std::io::Result<()> {
+    use axum::{Router, http::header, routing::get};
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let sources = sources.clone();
+                async move {
+                    // Collecting reads a pinned map and takes a few locks: off the async threads.
+                    let text = tokio::task::spawn_blocking(move || sources.render())
+                        .await
+                        .unwrap_or_default();
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_that_parses() {
+        let mut s = Sources::default();
+        s.add(|out| {
+            out.push(Metric::counter("events", "Events seen.", 42));
+            out.push(Metric::counter("drops", "Drops by reason.", 3).label("reason", "queue_full"));
+            out.push(
+                Metric::counter("drops", "Drops by reason.", 4)
+                    .label("reason", "delivery_failed:timeout"),
+            );
+            out.push(Metric::gauge("cache_hit_ratio", "Hits per lookup.", 0.5));
+        });
+        let text = Arc::new(s).render();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
+        let get = |name: &str, label: Option<&str>| {
+            parsed
+                .samples
+                .iter()
+                .find(|x| {
+                    x.metric == name && label.is_none_or(|l| x.labels.get("reason") == Some(l))
+                })
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        assert_eq!(get("dns_sensor_events_total", None), Some(42.0), "{text}");
+        assert_eq!(get("dns_sensor_drops_total", Some("queue_full")), Some(3.0));
+        assert_eq!(
+            get("dns_sensor_drops_total", Some("delivery_failed:timeout")),
+            Some(4.0),
+            "{text}"
+        );
+        assert_eq!(get("dns_sensor_cache_hit_ratio", None), Some(0.5));
+    }
+}

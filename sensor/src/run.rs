@@ -146,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let counters = Arc::new(reader::StageCounters::default());
     let (tx, enrich_rx) = mpsc::channel(config.output.queue_size);
     let (enrich_tx, fanout_rx) = mpsc::channel(config.output.queue_size);
+    let enrich_tx_probe = enrich_tx.clone();
     let enriching = tokio::spawn(enricher.run(enrich_rx, enrich_tx));
     let (tx_out, rx) = mpsc::channel(config.output.queue_size);
     let fanout = crate::sink::Fanout {
@@ -159,6 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     &interfaces,
                     inventory.clone(),
                 )
+                .map(Arc::new)
             })
             .transpose()?,
         elastic: config
@@ -171,9 +173,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     &interfaces,
                     inventory.clone(),
                 )
+                .map(Arc::new)
             })
             .transpose()?,
         output_queue_full: Default::default(),
+    };
+
+    let mut sources = crate::metrics::Sources::default();
+    crate::telemetry::kernel(&mut sources, pin_dir.clone());
+    crate::telemetry::reader(&mut sources, counters.clone());
+    crate::telemetry::enrich(&mut sources, enrich_counters.clone());
+    if let Some(v) = &intel.verdicts {
+        crate::telemetry::intel(&mut sources, v.clone());
+    }
+    if let Some(a) = &alerter {
+        crate::telemetry::alerts(&mut sources, a.stats_handle());
+    }
+    crate::telemetry::queue(&mut sources, "reader_to_enrich", &tx);
+    crate::telemetry::queue(&mut sources, "enrich_to_sinks", &enrich_tx_probe);
+    // A live sender would keep the queue open at shutdown; the collector holds a weak one.
+    drop(enrich_tx_probe);
+    crate::telemetry::queue(&mut sources, "sinks_to_output", &tx_out);
+    if let Some(k) = fanout.kafka.clone() {
+        sources.add(move |out| out.extend(k.metrics()));
+    }
+    if let Some(e) = fanout.elastic.clone() {
+        sources.add(move |out| out.extend(e.metrics()));
+    }
+    {
+        let full = fanout.output_queue_full.clone();
+        sources.add(move |out| {
+            out.push(crate::metrics::Metric::counter(
+                "output_queue_full",
+                "Events the JSON-lines output could not take (its queue was full).",
+                full.load(std::sync::atomic::Ordering::Relaxed),
+            ))
+        });
+    }
+    let sources = Arc::new(sources);
+    let metrics_task = match config.metrics.address()? {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("config key `metrics.listen`: cannot listen on {addr}"))?;
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                sources.clone(),
+            )))
+        }
+        None => None,
     };
     let fanning = tokio::spawn(fanout.run(fanout_rx, Some(tx_out)));
     let sink = output::open(&config.output).context("opening the output")?;
@@ -205,11 +254,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     enriching.await.context("enrichment task")?;
     let fanout = fanning.await.context("fan-out task")?;
     reload_task.abort();
+    // The collectors hold the sinks too: stop serving metrics and drop them first.
+    if let Some(t) = metrics_task {
+        t.abort();
+        let _ = t.await;
+    }
+    drop(sources);
     let grace = std::time::Duration::from_secs(10);
-    if let Some(k) = fanout.kafka {
+    if let Some(k) = fanout.kafka.and_then(|k| Arc::try_unwrap(k).ok()) {
         k.shutdown(grace).await;
     }
-    if let Some(e) = fanout.elastic {
+    if let Some(e) = fanout.elastic.and_then(|e| Arc::try_unwrap(e).ok()) {
         e.shutdown(grace).await;
     }
     if let Some(a) = alerter {

@@ -193,6 +193,13 @@ impl VerdictCache {
         self.cache.invalidate_all();
     }
 
+    /// Names cached now, for metrics. Blocks while moka applies pending writes: call it from
+    /// a blocking thread (the metrics collectors run on one).
+    pub fn entry_count_blocking(&self) -> u64 {
+        futures::executor::block_on(self.cache.run_pending_tasks());
+        self.cache.entry_count()
+    }
+
     /// Names cached now (approximate: moka applies writes lazily).
     pub async fn len(&self) -> u64 {
         self.cache.run_pending_tasks().await;

@@ -25,8 +25,9 @@ use crate::enrich::Enriched;
 
 /// Hands each enriched event to every configured sink, then to the JSON-lines output.
 pub struct Fanout {
-    pub kafka: Option<kafka::KafkaSink>,
-    pub elastic: Option<elastic::ElasticSink>,
+    /// Shared with the metrics collectors; `run` takes them back for the shutdown.
+    pub kafka: Option<Arc<kafka::KafkaSink>>,
+    pub elastic: Option<Arc<elastic::ElasticSink>>,
     /// Events the JSON-lines output could not take (its queue was full).
     pub output_queue_full: Arc<AtomicU64>,
 }
