@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: build the release sensor and run the benchmark command, which prints
-//! numbers (it is not a timed test). Without arguments: `micro`, then `live`.
+//! numbers (it is not a timed test). Without arguments: `micro`, `live`, then `intel`.
 
 use std::{ffi::OsString, path::Path, process::Command};
 
@@ -17,7 +17,11 @@ pub fn bench(ws: &Path, args: Vec<OsString>) -> Result<()> {
     )?;
     let bin = crate::target_dir(ws).join("release/sensor-bench");
     let runs: Vec<Vec<OsString>> = if args.is_empty() {
-        vec![vec!["micro".into()], vec!["live".into()]]
+        vec![
+            vec!["micro".into()],
+            vec!["live".into()],
+            vec!["intel".into()],
+        ]
     } else {
         vec![args]
     };
