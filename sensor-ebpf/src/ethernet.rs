@@ -13,10 +13,8 @@ const ETH_HLEN: usize = 14;
 pub struct L2 {
     /// Ethertype of the payload.
     pub proto: u16,
-    /// Offset of the network header.
+    /// Offset of the network header (14, 18 or 22: no, one or two VLAN tags).
     pub l3_off: usize,
-    pub vlan_outer: u16,
-    pub vlan_inner: u16,
 }
 
 #[inline(always)]
@@ -25,31 +23,50 @@ fn is_vlan(proto: u16) -> bool {
 }
 
 #[inline(always)]
+fn is_ip(proto: u16) -> bool {
+    proto == ETH_P_IP || proto == ETH_P_IPV6
+}
+
+#[inline(always)]
 pub fn parse(pkt: &Packet) -> Result<L2, Outcome> {
-    let mut proto = u16::from_be(pkt.load::<u16>(12).ok_or(Counter::BadEthernet)?);
-    let mut l2 = L2 {
-        proto,
-        l3_off: ETH_HLEN,
-        vlan_outer: 0,
-        vlan_inner: 0,
-    };
-    if is_vlan(proto) {
-        // TCI and the next ethertype in one load.
-        let tag = u32::from_be(pkt.load::<u32>(ETH_HLEN).ok_or(Counter::BadEthernet)?);
-        l2.vlan_outer = (tag >> 16) as u16 & 0x0fff;
-        proto = tag as u16;
-        l2.l3_off += 4;
-        if is_vlan(proto) {
-            let tag = u32::from_be(pkt.load::<u32>(ETH_HLEN + 4).ok_or(Counter::BadEthernet)?);
-            l2.vlan_inner = (tag >> 16) as u16 & 0x0fff;
-            proto = tag as u16;
-            l2.l3_off += 4;
-        }
+    let proto = u16::from_be(pkt.load::<u16>(12).ok_or(Counter::BadEthernet)?);
+    // Untagged IP first: the common case takes two comparisons.
+    if is_ip(proto) {
+        return Ok(L2 {
+            proto,
+            l3_off: ETH_HLEN,
+        });
     }
-    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
+    if !is_vlan(proto) {
+        return Err(Counter::NotIp);
+    }
+    // TCI and the next ethertype in one load.
+    let proto = u16::from_be(pkt.load::<[u16; 2]>(ETH_HLEN).ok_or(Counter::BadEthernet)?[1]);
+    let (proto, l3_off) = if is_vlan(proto) {
+        let inner = u16::from_be(
+            pkt.load::<[u16; 2]>(ETH_HLEN + 4)
+                .ok_or(Counter::BadEthernet)?[1],
+        );
+        (inner, ETH_HLEN + 8)
+    } else {
+        (proto, ETH_HLEN + 4)
+    };
+    if !is_ip(proto) {
         // Includes a third VLAN tag: out of scope, counted, passed.
         return Err(Counter::NotIp);
     }
-    l2.proto = proto;
-    Ok(l2)
+    Ok(L2 { proto, l3_off })
+}
+
+/// Outer and inner VLAN ids of a frame whose network header is at `l3_off` (0 when absent).
+/// Read again only for DNS queries, so the other packets carry no tag state through the
+/// program.
+#[inline(always)]
+pub fn vlan_ids(pkt: &Packet, l3_off: usize) -> (u16, u16) {
+    let id = |off: usize| u16::from_be(pkt.load::<u16>(off).unwrap_or(0)) & 0x0fff;
+    match l3_off {
+        18 => (id(ETH_HLEN), 0),
+        22 => (id(ETH_HLEN), id(ETH_HLEN + 4)),
+        _ => (0, 0),
+    }
 }

@@ -1,7 +1,8 @@
 //! IPv4 (with options) and IPv6 (with a bounded walk over extension headers).
 //!
-//! Addresses are kept as four u32 words in memory (network) order, the layout of the LPM keys
-//! and of the event record, so they are loaded and stored a word at a time.
+//! Addresses are read as two u64 words in memory (network) order, the layout of the LPM keys
+//! and of the event record, and only where they are needed: the header stage keeps the
+//! source's prefix-filter bucket.
 
 use sensor_common::{Counter, MAX_IPV6_EXT_HEADERS};
 
@@ -14,10 +15,10 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 pub struct L3 {
-    /// Source address (IPv4 mapped into IPv6), memory order.
-    pub src: [u32; 4],
-    /// Offset of the destination address in the packet.
-    pub dst_off: usize,
+    /// Prefix-filter bucket of the source address.
+    pub bucket: u32,
+    /// Offset of the network header.
+    pub off: usize,
     /// 4 or 6.
     pub family: u8,
     /// Transport protocol (after IPv6 extension headers).
@@ -28,26 +29,34 @@ pub struct L3 {
     pub fragment: bool,
 }
 
-impl L3 {
-    /// The prefix-filter bucket of the source address.
-    #[inline(always)]
-    pub fn src_bucket(&self) -> u32 {
-        sensor_common::bucket_of_first_word(
-            self.family == 4,
-            u32::from_be(self.src[0]),
-            u32::from_be(self.src[3]),
-        )
+/// An IPv4 address (memory order) mapped into IPv6, as two u64 words in memory order.
+#[inline(always)]
+fn mapped(v4: u32) -> [u64; 2] {
+    [0, u64::from(V4_MAPPED_WORD) | (u64::from(v4) << 32)]
+}
+
+/// The address at `v4_off` (IPv4) or `v6_off` (IPv6) from the network header, as two u64 words
+/// in memory order (IPv4 mapped into IPv6). The header stage checked these bytes are there;
+/// the checks here are for the verifier.
+#[inline(always)]
+fn addr(pkt: &Packet, l3: &L3, v4_off: usize, v6_off: usize) -> [u64; 2] {
+    if l3.family == 4 {
+        mapped(pkt.load::<u32>(l3.off + v4_off).unwrap_or(0))
+    } else {
+        pkt.load::<[u64; 2]>(l3.off + v6_off).unwrap_or([0; 2])
     }
 }
 
-/// The destination address at `off` (IPv4 mapped into IPv6), memory order.
+/// Source address, in the layout of the LPM keys and of the record.
 #[inline(always)]
-pub fn dst(pkt: &Packet, ipv4: bool, off: usize) -> [u32; 4] {
-    if ipv4 {
-        [0, 0, V4_MAPPED_WORD, pkt.load::<u32>(off).unwrap_or(0)]
-    } else {
-        pkt.load::<[u32; 4]>(off).unwrap_or([0; 4])
-    }
+pub fn src(pkt: &Packet, l3: &L3) -> [u64; 2] {
+    addr(pkt, l3, 12, 8)
+}
+
+/// Destination address, in the layout of the record.
+#[inline(always)]
+pub fn dst(pkt: &Packet, l3: &L3) -> [u64; 2] {
+    addr(pkt, l3, 16, 24)
 }
 
 #[inline(always)]
@@ -70,8 +79,8 @@ pub fn parse_v4(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
     let proto = pkt.load::<u8>(off + 9).ok_or(Counter::BadIpv4)?;
     let src = pkt.load::<u32>(off + 12).ok_or(Counter::BadIpv4)?;
     Ok(L3 {
-        src: [0, 0, V4_MAPPED_WORD, src],
-        dst_off: off + 16,
+        bucket: sensor_common::bucket_of_first_word(true, 0, u32::from_be(src)),
+        off,
         family: 4,
         proto,
         l4_off: off + hlen,
@@ -102,7 +111,7 @@ pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
     if version >> 4 != 6 {
         return Err(Counter::BadIpv6);
     }
-    let src = pkt.load::<[u32; 4]>(off + 8).ok_or(Counter::BadIpv6)?;
+    let src0 = pkt.load::<u32>(off + 8).ok_or(Counter::BadIpv6)?;
     let mut next = pkt.load::<u8>(off + 6).ok_or(Counter::BadIpv6)?;
     let mut l4_off = off + 40;
     let mut fragment = false;
@@ -130,8 +139,8 @@ pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
         return Err(Counter::Ipv6ExtLimit);
     }
     Ok(L3 {
-        src,
-        dst_off: off + 24,
+        bucket: sensor_common::bucket_of_first_word(false, u32::from_be(src0), 0),
+        off,
         family: 6,
         proto: next,
         l4_off,

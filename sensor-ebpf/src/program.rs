@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     AllowValue, BLOCKLIST_CAPACITY, BlockValue, CLIENT_ALLOW_CAPACITY, Counter, Counters, Event,
-    LpmAddr, MAX_NAME_LEN, MODE_MIRROR, PREFIX_FILTER_WORDS, RING_BYTES,
+    LpmAddr, MAX_NAME_LEN, MODE_MIRROR, PREFIX_FILTER_WORDS, RING_BYTES, counters::COUNTER_COUNT,
 };
 
 use crate::{Outcome, cursor::Packet, dns, ethernet, ip, transport};
@@ -130,12 +130,6 @@ fn may_match(filter: &Array<u64, { PREFIX_FILTER_WORDS as usize }>, bucket: u32)
     }
 }
 
-/// Two u32 words in memory order as one u64 (little-endian, as the record and keys lay them).
-#[inline(always)]
-fn pair(a: u32, b: u32) -> u64 {
-    u64::from(a) | (u64::from(b) << 32)
-}
-
 /// The /128 LPM key of an address, built in an 8-byte-aligned buffer: `Key` is packed (a 4-byte
 /// prefix length, then the data), and the verifier rejects the misaligned stack stores LLVM
 /// emits for a bare `Key` on the stack. Bytes 4..24 of the buffer are the key.
@@ -168,11 +162,9 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         ip::parse_v6(&pkt, l2.l3_off)?
     };
 
-    if may_match(&BLOCK_FILTER, l3.src_bucket()) {
-        if let Some(v) = BLOCKLIST.get(key_of(&key_buf(
-            pair(l3.src[0], l3.src[1]),
-            pair(l3.src[2], l3.src[3]),
-        ))) {
+    if may_match(&BLOCK_FILTER, l3.bucket) {
+        let [lo, hi] = ip::src(&pkt, &l3);
+        if let Some(v) = BLOCKLIST.get(key_of(&key_buf(lo, hi))) {
             // SAFETY: `v` points into the trie node in kernel memory, valid for this program run.
             // Entries are shared by all CPUs, so the hit counter is only ever changed atomically
             // (here) and read by userspace through the map API; it is never read through `v`.
@@ -192,19 +184,21 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Err(Counter::NotDns);
     };
-    let dst = ip::dst(&pkt, l3.family == 4, l3.dst_off);
+    let [src_lo, src_hi] = ip::src(&pkt, &l3);
+    let [dst_lo, dst_hi] = ip::dst(&pkt, &l3);
+    let (vlan_outer, vlan_inner) = ethernet::vlan_ids(&pkt, l2.l3_off);
     // SAFETY: `scratch` is this CPU's slot of a one-slot per-CPU array, valid for the run and
     // not shared with other CPUs (XDP runs without preemption). Everything read back below is
     // read with volatile loads, so the values really go through memory.
     unsafe {
         (*scratch).head = [
             u64::from(ctx.ingress_ifindex() as u32)
-                | (u64::from(l2.vlan_outer) << 32)
-                | (u64::from(l2.vlan_inner) << 48),
-            pair(l3.src[0], l3.src[1]),
-            pair(l3.src[2], l3.src[3]),
-            pair(dst[0], dst[1]),
-            pair(dst[2], dst[3]),
+                | (u64::from(vlan_outer) << 32)
+                | (u64::from(vlan_inner) << 48),
+            src_lo,
+            src_hi,
+            dst_lo,
+            dst_hi,
         ];
         (*scratch).ports = l4.ports;
         (*scratch).dns_off = l4.dns_off as u32;
@@ -308,46 +302,37 @@ fn coarse_ns(scratch: *mut Scratch) -> u64 {
     }
 }
 
-/// Copies the QNAME (`len` bytes at `off`, 1..=255, known to be inside the packet) into the
-/// record, eight bytes at a time, and a short tail four bytes at a time. `bpf_xdp_load_bytes` did the same in one call but cost about
-/// 60 ns per event here (BENCHMARKS.md); this loop costs a few.
+/// Copies the QNAME (`len` bytes at `off`, 1..=255, known to be inside the packet and followed
+/// by the four bytes of QTYPE and QCLASS) into the record, eight bytes at a time.
+/// `bpf_xdp_load_bytes` did the same in one call but cost about 60 ns per event here
+/// (BENCHMARKS.md). Because QTYPE and QCLASS follow the name, an 8-byte load is inside the
+/// packet while at least four name bytes are left, and a 4-byte load covers the last one to
+/// three; what lands past `len` in the record is unspecified by its contract. The packet checks
+/// never fail; the verifier needs them.
 #[inline(always)]
 fn copy_name(ctx: &XdpContext, off: usize, len: usize, ev: *mut Event) {
     let pkt = Packet::opaque(ctx);
     // SAFETY (for the pointer arithmetic below): `ev` is a reserved record; `qname` holds 256
-    // bytes and every write stays below index 256 (checked on each iteration).
+    // bytes. In the loop `i + 4 <= len <= 255` and `i` is a multiple of 8, so `i <= 248` and
+    // the 8-byte store ends inside `qname`; after it `i < len`, so the 4-byte store ends at
+    // 252 at most. The record is 8-byte aligned and `qname` starts at offset 64: the stores
+    // are aligned.
     let dst = unsafe { core::ptr::addr_of_mut!((*ev).qname).cast::<u8>() };
     let len = len & 0xff;
     let mut i = 0usize;
-    while i < MAX_NAME_LEN + 1 {
-        if i >= len {
+    while i + 4 <= len {
+        let Some(chunk) = pkt.load::<u64>(off + i) else {
             return;
-        }
-        match pkt.load::<u64>(off + i) {
-            Some(chunk) if i + 8 <= 256 => {
-                // SAFETY: i + 8 <= 256, inside `qname`; the record is 8-byte aligned and `qname`
-                // starts at offset 64, so the store is aligned.
-                unsafe { dst.add(i).cast::<u64>().write(chunk) };
-                i += 8;
-            }
-            _ => break,
-        }
+        };
+        // SAFETY: see above.
+        unsafe { dst.add(i).cast::<u64>().write(chunk) };
+        i += 8;
     }
-    // Fewer than eight packet bytes left after `off + i`, and fewer than eight name bytes. The
-    // four bytes of QTYPE and QCLASS follow the name inside the packet, so two 4-byte chunks
-    // cover the rest (what lands past `len` is unspecified by the record's contract).
-    let mut k = 0;
-    while k < 2 {
-        let j = i + 4 * k;
-        if j >= len || j + 4 > 256 {
-            return;
+    if i < len {
+        if let Some(w) = pkt.load::<u32>(off + i) {
+            // SAFETY: see above.
+            unsafe { dst.add(i).cast::<u32>().write(w) };
         }
-        match pkt.load::<u32>(off + j) {
-            // SAFETY: j + 4 <= 256, inside `qname`; j is a multiple of 4 from a 64-aligned base.
-            Some(w) => unsafe { dst.add(j).cast::<u32>().write(w) },
-            None => return,
-        }
-        k += 1;
     }
 }
 
