@@ -4,6 +4,7 @@
 //! buffer) → [`decode`] (owned events) → [`output`] (JSON lines).
 
 pub mod alert;
+pub mod blocklist;
 pub mod bpffs;
 pub mod clock;
 pub mod config;

@@ -1,0 +1,14 @@
+//! The nightly blocklist job: the previous day's security alerts in Elasticsearch → distinct
+//! source IPs → never-block filter → IP reputation → a blocklist store with expiries → an EDL
+//! file served to the border firewall, and the same list in the kernel's `BLOCKLIST` map.
+//!
+//! Stages, one module each: [`collect`] (composite aggregations), [`neverblock`],
+//! [`reputation`] (ThreatBook through the batcher, cached across nights), [`store`] (expiry,
+//! thresholds, safety checks), [`results`] (the day's CSV and JSON lines), [`edl`] (the file and
+//! its HTTP server), [`kernel`] (installing into `BLOCKLIST`, `blocklist show`), [`job`] (one
+//! run, and the schedule).
+
+pub mod edl;
+pub mod kernel;
+pub mod neverblock;
+pub mod store;
