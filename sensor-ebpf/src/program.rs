@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     AllowValue, BLOCKLIST_CAPACITY, BlockValue, CLIENT_ALLOW_CAPACITY, Counter, Counters, Event,
-    LpmAddr, MAX_NAME_LEN, MODE_MIRROR, PREFIX_FILTER_WORDS, RING_BYTES, counters::COUNTER_COUNT,
+    LpmAddr, MODE_MIRROR, PREFIX_FILTER_WORDS, RING_BYTES,
 };
 
 use crate::{Outcome, cursor::Packet, dns, ethernet, ip, transport};
