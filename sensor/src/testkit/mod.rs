@@ -4,8 +4,10 @@
 pub mod daemon;
 pub mod fake_threatbook;
 pub mod fake_wecom;
+pub mod fault_proxy;
 pub mod intel_bench;
 pub mod netns;
+pub mod osmem;
 pub mod packet;
 pub mod pcap;
 pub mod responder;
