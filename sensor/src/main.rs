@@ -38,6 +38,24 @@ enum Command {
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
+    /// The nightly blocklist.
+    Blocklist {
+        #[command(subcommand)]
+        command: BlocklistCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlocklistCommand {
+    /// Print the running sensor's BLOCKLIST entries with their expiry and XDP hit counters.
+    Show {
+        /// The running sensor's config (for its name and pin directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -85,6 +103,18 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", sensor::stats::json(&counters));
             } else {
                 print!("{}", sensor::stats::render(&counters));
+            }
+            Ok(())
+        }
+        Command::Blocklist {
+            command: BlocklistCommand::Show { config, json },
+        } => {
+            let config = load_config(config.as_ref())?;
+            let entries = sensor::blocklist::kernel::show(&config.pin_dir())?;
+            if json {
+                println!("{}", sensor::blocklist::kernel::json(&entries));
+            } else {
+                print!("{}", sensor::blocklist::kernel::render(&entries));
             }
             Ok(())
         }

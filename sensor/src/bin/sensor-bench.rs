@@ -70,6 +70,12 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
     },
+    /// Seconds to install the nightly blocklist into a freshly loaded program's pinned
+    /// BLOCKLIST (empty map), then to install the next night's list (all renewed, 10% churn).
+    BlocklistInstall {
+        #[arg(long, default_value_t = 100_000)]
+        entries: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,7 +93,63 @@ fn main() -> anyhow::Result<()> {
             names,
             latency_ms,
         } => intel(events, trusted, slow_events, names, latency_ms),
+        Cmd::BlocklistInstall { entries } => blocklist_install(entries),
     }
+}
+
+fn blocklist_install(n: u32) -> anyhow::Result<()> {
+    use sensor::blocklist::kernel;
+    let name = sensor::testkit::netns::unique("bench");
+    let dir = PathBuf::from(format!("/sys/fs/bpf/dns-sensor-bench-{name}")).join(&name);
+    loader::prepare_pin_dir(&dir, &[])?;
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            loader::unpin(&self.0, &[]);
+        }
+    }
+    let _unpin = Unpin(dir.clone());
+    let _ebpf = loader::load(&ProgramSettings::default(), Some(&dir))?;
+    // Public-looking unicast addresses, one /32 each (as the nightly list holds them).
+    let list = |first: u32, expires: u64| -> Vec<(ipnet::IpNet, u64)> {
+        (first..first + n)
+            .map(|i| {
+                (
+                    ipnet::IpNet::from(IpAddr::V4(Ipv4Addr::from(0x5100_0000 + i * 3))),
+                    expires,
+                )
+            })
+            .collect()
+    };
+    let night1 = list(0, 1_800_000_000);
+    let t = Instant::now();
+    let r1 = kernel::install(&dir, &night1, &[])?;
+    let first = t.elapsed();
+    let night2 = list(n / 10, 1_800_086_400);
+    let t = Instant::now();
+    let r2 = kernel::install(&dir, &night2, &[])?;
+    let second = t.elapsed();
+    let t = Instant::now();
+    let shown = kernel::show(&dir)?;
+    let show = t.elapsed();
+    println!(
+        "blocklist install: {n} entries into an empty map: {:.3} s ({} added)",
+        first.as_secs_f64(),
+        r1.added
+    );
+    println!(
+        "blocklist install: next night: {:.3} s ({} added, {} updated, {} removed)",
+        second.as_secs_f64(),
+        r2.added,
+        r2.updated,
+        r2.removed
+    );
+    println!(
+        "blocklist show: {} entries read in {:.3} s",
+        shown.len(),
+        show.as_secs_f64()
+    );
+    Ok(())
 }
 
 fn intel(
