@@ -8,6 +8,11 @@
 //! no comment-only lines, `\n` line ends, lines far under any length limit (< 80 bytes), and
 //! nothing else, so other vendors' plain-list readers that cut at the first space read it too.
 //!
+//! A firewall that cannot fetch the list keeps enforcing its last copy, but PAN-OS stops
+//! enforcing an EDL whose authentication fails (PAN-OS admin guide, "External Dynamic List"):
+//! so the server answers 503 (not an empty list) before anything is published, and a wrong
+//! password on either side unblocks everything on that firewall.
+//!
 //! The server keeps the current list in memory (bytes, ETag, Last-Modified) behind one
 //! `ArcSwap`: a request takes one snapshot, so every response is a whole list, the old or the new,
 //! never a mix. [`EdlList::publish`] writes the file first (temp file, fsync, rename, fsync of the

@@ -55,8 +55,11 @@ pub struct PolicySection {
     pub min_confidence: Confidence,
     /// Lowest `severity` listed: `info`, `low`, `medium`, `high` or `critical`.
     pub min_severity: Severity,
-    /// Most entries in the list (firewalls have per-model limits on EDL entries). At the cap the
-    /// highest severity and most recent are kept.
+    /// Most entries in the list. At the cap the highest severity and most recent are kept.
+    /// Firewalls limit EDL entries per model, for all their IP lists together, and skip what is
+    /// beyond the limit (PAN-OS 7.1 web interface help, Objects > External Dynamic Lists: 50,000
+    /// IP addresses in total on most platforms, 150,000 on PA-5000/PA-7000; later releases give
+    /// per-model tables). The default leaves room for the firewall's other lists.
     pub max_entries: usize,
     /// A new list whose size differs from the previous one by more than this fraction of it is
     /// not published without `--force`.
