@@ -131,13 +131,43 @@ pub struct FilterSection {
 }
 
 /// `[blocklist]`: sources dropped in the kernel.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlocklistSection {
     /// Sources (IPs or CIDRs) whose packets are dropped by XDP.
     pub entries: Vec<String>,
     /// Keep the pinned BLOCKLIST map when the sensor stops, and reuse it on the next start.
     pub keep_on_exit: bool,
+    /// `[blocklist.schedule]`: when the daemon runs the nightly job.
+    pub schedule: crate::blocklist::schedule::ScheduleSection,
+    /// `[[blocklist.sources]]`: where the security devices' alerts are.
+    pub sources: Vec<crate::blocklist::collect::AlertSource>,
+    /// `[blocklist.elasticsearch]`: the log platform holding them.
+    pub elasticsearch: crate::blocklist::collect::ReadSection,
+    /// `[blocklist.reputation]`: verdict reuse across nights.
+    pub reputation: crate::blocklist::reputation::ReputationSection,
+    /// `[blocklist.policy]`: thresholds, expiry, safety limits, never-block list, state.
+    pub policy: crate::blocklist::store::PolicySection,
+    /// `[blocklist.edl]`: the list file and its HTTP server.
+    pub edl: crate::blocklist::edl::EdlSection,
+    /// Where each night's results (CSV and JSON lines) are written.
+    pub results_dir: PathBuf,
+}
+
+impl Default for BlocklistSection {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            keep_on_exit: false,
+            schedule: Default::default(),
+            sources: Vec::new(),
+            elasticsearch: Default::default(),
+            reputation: Default::default(),
+            policy: Default::default(),
+            edl: Default::default(),
+            results_dir: PathBuf::from("/var/lib/dns-sensor/blocklist/results"),
+        }
+    }
 }
 
 /// Where events go.
@@ -244,6 +274,9 @@ impl Config {
         self.intel.validate()?;
         self.alerts.validate()?;
         self.metrics.address()?;
+        self.blocklist.schedule.parse()?;
+        self.blocklist.policy.validate()?;
+        self.blocklist.edl.validate()?;
         Ok(())
     }
 

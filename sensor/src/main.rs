@@ -56,6 +56,18 @@ enum BlocklistCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run the nightly job once: the day's alerts → reputation → the list (store, EDL file,
+    /// and the running sensor's BLOCKLIST).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The alerts' calendar day, YYYY-MM-DD in the schedule's time zone; default: yesterday.
+        #[arg(long)]
+        date: Option<String>,
+        /// Publish even when the list grows or shrinks more than the policy allows.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -116,6 +128,38 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", sensor::blocklist::kernel::render(&entries));
             }
+            Ok(())
+        }
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Run {
+                    config,
+                    date,
+                    force,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            let day = date
+                .map(|d| {
+                    time::Date::parse(
+                        &d,
+                        time::macros::format_description!("[year]-[month]-[day]"),
+                    )
+                    .map_err(|_| anyhow::anyhow!("--date {d:?}: expected YYYY-MM-DD"))
+                })
+                .transpose()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(sensor::blocklist::job::run_once(
+                &config,
+                day,
+                force,
+                time::OffsetDateTime::now_utc(),
+                None,
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&report.json())?);
             Ok(())
         }
         Command::CheckConfig { file } => {

@@ -88,6 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut ebpf = loader::load(&ProgramSettings::from_config(&config), Some(&pin_dir))?;
     let mut maps = Maps::take(&mut ebpf)?;
     maps.fill(&config.client_allow(), &config.blocklist())?;
+    crate::blocklist::daemon::install_stored(&config, &mut maps.blocklist);
     // Dropping `ebpf` on an error below detaches whatever was attached.
     loader::attach(
         &mut ebpf,
@@ -124,6 +125,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             inventory.clone(),
         )?)
     };
+    let (edl_stop_tx, edl_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let edl = crate::blocklist::daemon::start_edl(&config, async {
+        let _ = edl_stop_rx.await;
+    })
+    .await?;
+    if let Some((list, _)) = &edl {
+        reloaders.push(Arc::new(crate::blocklist::daemon::EdlFile {
+            list: list.clone(),
+            files: vec![config.blocklist.edl.path.clone()],
+            counters: Default::default(),
+        }));
+    }
+    let nightly = config.blocklist.schedule.enabled.then(|| {
+        tokio::spawn(crate::blocklist::daemon::schedule(
+            Arc::new(config.clone()),
+            edl.as_ref().map(|(l, _)| l.clone()),
+        ))
+    });
     let reload_task = tokio::spawn(
         crate::reload::Watcher::new(reloaders)
             .run(crate::reload::sighup().context("installing the SIGHUP handler")?),
@@ -254,6 +273,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     enriching.await.context("enrichment task")?;
     let fanout = fanning.await.context("fan-out task")?;
     reload_task.abort();
+    if let Some(t) = nightly {
+        t.abort();
+    }
+    let _ = edl_stop_tx.send(());
+    if let Some((_, server)) = edl {
+        let _ = server.task.await;
+    }
     // The collectors hold the sinks too: stop serving metrics and drop them first.
     if let Some(t) = metrics_task {
         t.abort();

@@ -41,6 +41,7 @@ use crate::{
 
 mod budget;
 pub mod format;
+pub mod notice;
 mod sink;
 mod suppress;
 mod webhook;

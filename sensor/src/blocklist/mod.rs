@@ -8,7 +8,13 @@
 //! its HTTP server), [`kernel`] (installing into `BLOCKLIST`, `blocklist show`), [`job`] (one
 //! run, and the schedule).
 
+pub mod collect;
+pub mod daemon;
 pub mod edl;
+pub mod job;
 pub mod kernel;
 pub mod neverblock;
+pub mod reputation;
+pub mod results;
+pub mod schedule;
 pub mod store;

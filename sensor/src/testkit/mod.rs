@@ -1,6 +1,7 @@
 //! Building blocks for the tests and benchmarks: crafted packets, network namespaces, a DNS
 //! responder. Part of the library so that `tests/` and the bench command share one copy.
 
+pub mod collect_bench;
 pub mod daemon;
 pub mod fake_threatbook;
 pub mod fake_wecom;

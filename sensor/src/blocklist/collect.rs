@@ -1,0 +1,336 @@
+//! Collecting the day's distinct alert source IPs from Elasticsearch.
+//!
+//! One paged composite aggregation per source (index pattern, IP field, device): the server
+//! groups the documents by IP and returns 1,000 buckets a page, so a day of tens of millions of
+//! alerts is read without loading a single document. Only APIs that Elasticsearch 7, 8, 9 and
+//! OpenSearch share are used (`_search` with `composite`, `_mapping/field`), with plain
+//! `application/json`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::secret::{Secret, SecretSource};
+
+/// `[[blocklist.sources]]`: where one kind of device writes its alerts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSource {
+    /// Index pattern, e.g. `ngfw-*` or `waf-alerts-*`.
+    pub index: String,
+    /// Field holding the attacker's address, e.g. `source.ip` or `src_ip`. A text field with a
+    /// `.keyword` sub-field (Logstash's dynamic mapping) is read through the sub-field.
+    pub field: String,
+    /// Device name shown in the results (`NGFW`, `WAF`, ...).
+    pub device: String,
+    /// The alert's time field.
+    #[serde(default = "default_timestamp_field")]
+    pub timestamp_field: String,
+}
+
+fn default_timestamp_field() -> String {
+    "@timestamp".into()
+}
+
+/// `[blocklist.elasticsearch]`: the log platform the alerts are read from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadSection {
+    /// Base URL of one node (or a load balancer).
+    pub url: String,
+    pub username: Option<String>,
+    /// Basic-auth password: `{ env = "VAR" }` or `{ file = "/path" }`.
+    pub password: Option<SecretSource>,
+    /// API key (the base64 `id:key` form): `{ env = "VAR" }` or `{ file = "/path" }`.
+    pub api_key: Option<SecretSource>,
+    /// PEM file of the CA that signed the server's certificate (besides the system roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Buckets per composite-aggregation page.
+    pub page_size: usize,
+    pub timeout_secs: u64,
+}
+
+impl Default for ReadSection {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:9200".into(),
+            username: None,
+            password: None,
+            api_key: None,
+            ca_file: None,
+            page_size: 1000,
+            timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("config key `{key}`: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("elasticsearch {what}: {message}")]
+    Request { what: String, message: String },
+}
+
+/// What the alerts say about one source IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenIp {
+    pub alerts: u64,
+    pub devices: BTreeSet<String>,
+    pub first: OffsetDateTime,
+    pub last: OffsetDateTime,
+}
+
+/// The day's distinct IPs, with what was skipped.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub ips: BTreeMap<IpAddr, SeenIp>,
+    /// Alert documents in the day's buckets.
+    pub alerts: u64,
+    /// Bucket keys that are not an IP address (e.g. `-`), with their alert counts.
+    pub unparsable: u64,
+    /// Composite pages read.
+    pub pages: u64,
+}
+
+/// A client for the read side: URL, credentials, TLS.
+pub struct Reader {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    auth: Auth,
+    page_size: usize,
+}
+
+enum Auth {
+    None,
+    Basic(String, Secret),
+    ApiKey(Secret),
+}
+
+impl Reader {
+    pub fn new(cfg: &ReadSection) -> Result<Self, CollectError> {
+        let base = reqwest::Url::parse(&cfg.url).map_err(|e| CollectError::Config {
+            key: "blocklist.elasticsearch.url",
+            message: format!("not a URL: {e}"),
+        })?;
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(CollectError::Config {
+                key: "blocklist.elasticsearch.url",
+                message: "put credentials in `username`/`password`, not in the URL".into(),
+            });
+        }
+        let auth = match (&cfg.username, &cfg.password, &cfg.api_key) {
+            (_, _, Some(k)) => Auth::ApiKey(
+                k.resolve("blocklist.elasticsearch.api_key")
+                    .map_err(config_err("blocklist.elasticsearch.api_key"))?,
+            ),
+            (Some(u), Some(p), None) => Auth::Basic(
+                u.clone(),
+                p.resolve("blocklist.elasticsearch.password")
+                    .map_err(config_err("blocklist.elasticsearch.password"))?,
+            ),
+            (None, None, None) => Auth::None,
+            _ => {
+                return Err(CollectError::Config {
+                    key: "blocklist.elasticsearch.username",
+                    message: "set both `username` and `password`, or `api_key`".into(),
+                });
+            }
+        };
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_secs(cfg.timeout_secs.max(1)));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| CollectError::Config {
+                key: "blocklist.elasticsearch.ca_file",
+                message: format!("cannot read {}: {e}", ca.display()),
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| CollectError::Config {
+                key: "blocklist.elasticsearch.ca_file",
+                message: format!("not a PEM certificate: {e}"),
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| CollectError::Config {
+            key: "blocklist.elasticsearch",
+            message: e.without_url().to_string(),
+        })?;
+        Ok(Self {
+            client,
+            base,
+            auth,
+            page_size: cfg.page_size.clamp(1, 10_000),
+        })
+    }
+
+    async fn request(
+        &self,
+        what: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CollectError> {
+        let err = |message: String| CollectError::Request {
+            what: what.to_owned(),
+            message,
+        };
+        let url = self.base.join(path).map_err(|e| err(e.to_string()))?;
+        let mut req = self.client.request(method, url);
+        req = match &self.auth {
+            Auth::None => req,
+            Auth::Basic(u, p) => req.basic_auth(u, Some(p.expose())),
+            Auth::ApiKey(k) => req.header("Authorization", format!("ApiKey {}", k.expose())),
+        };
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| err(e.without_url().to_string()))?;
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| err(e.without_url().to_string()))?;
+        if !status.is_success() {
+            let reason = body["error"]["root_cause"][0]["reason"]
+                .as_str()
+                .or(body["error"]["reason"].as_str())
+                .unwrap_or("no reason given");
+            return Err(err(format!("HTTP {status}: {reason}")));
+        }
+        Ok(body)
+    }
+
+    /// The field to aggregate on: `field`, or `field.keyword` when `field` is text.
+    async fn aggregatable(&self, src: &AlertSource) -> Result<String, CollectError> {
+        let path = format!(
+            "{}/_mapping/field/{}?ignore_unavailable=true&allow_no_indices=true",
+            src.index, src.field
+        );
+        let m = self
+            .request(
+                &format!("mapping of {} in {}", src.field, src.index),
+                reqwest::Method::GET,
+                &path,
+                None,
+            )
+            .await?;
+        let text = m.as_object().is_some_and(|indices| {
+            indices.values().any(|i| {
+                i["mappings"][&src.field]["mapping"]
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .is_some_and(|f| f["type"] == "text" && f["fields"]["keyword"].is_object())
+            })
+        });
+        Ok(if text {
+            format!("{}.keyword", src.field)
+        } else {
+            src.field.clone()
+        })
+    }
+
+    /// Every distinct source IP of alerts in `[from, to)`, over all sources.
+    pub async fn collect(
+        &self,
+        sources: &[AlertSource],
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Collected, CollectError> {
+        let mut out = Collected::default();
+        for src in sources {
+            let field = self.aggregatable(src).await?;
+            let mut after: Option<Value> = None;
+            loop {
+                let mut composite = json!({
+                    "size": self.page_size,
+                    "sources": [{"ip": {"terms": {"field": field}}}],
+                });
+                if let Some(a) = &after {
+                    composite["after"] = a.clone();
+                }
+                let body = json!({
+                    "size": 0,
+                    "query": {"range": {src.timestamp_field.as_str(): {
+                        "gte": rfc3339(from), "lt": rfc3339(to)
+                    }}},
+                    "aggs": {"ips": {
+                        "composite": composite,
+                        "aggs": {
+                            "first": {"min": {"field": src.timestamp_field}},
+                            "last": {"max": {"field": src.timestamp_field}},
+                        }
+                    }}
+                });
+                let path = format!(
+                    "{}/_search?ignore_unavailable=true&allow_no_indices=true",
+                    src.index
+                );
+                let page = self
+                    .request(
+                        &format!("alerts of {} in {}", src.device, src.index),
+                        reqwest::Method::POST,
+                        &path,
+                        Some(body),
+                    )
+                    .await?;
+                out.pages += 1;
+                let agg = &page["aggregations"]["ips"];
+                let buckets = agg["buckets"].as_array().cloned().unwrap_or_default();
+                for b in &buckets {
+                    let n = b["doc_count"].as_u64().unwrap_or(0);
+                    out.alerts += n;
+                    let key = &b["key"]["ip"];
+                    let ip = key.as_str().and_then(|s| s.trim().parse::<IpAddr>().ok());
+                    let Some(ip) = ip else {
+                        out.unparsable += n;
+                        continue;
+                    };
+                    let first = millis(&b["first"]["value"]).unwrap_or(from);
+                    let last = millis(&b["last"]["value"]).unwrap_or(first);
+                    let e = out.ips.entry(ip).or_insert_with(|| SeenIp {
+                        alerts: 0,
+                        devices: BTreeSet::new(),
+                        first,
+                        last,
+                    });
+                    e.alerts += n;
+                    e.devices.insert(src.device.clone());
+                    e.first = e.first.min(first);
+                    e.last = e.last.max(last);
+                }
+                match agg.get("after_key") {
+                    Some(a) if !a.is_null() && !buckets.is_empty() => after = Some(a.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn config_err(key: &'static str) -> impl Fn(crate::config::ConfigError) -> CollectError {
+    move |e| CollectError::Config {
+        key,
+        message: e.to_string(),
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn millis(v: &Value) -> Option<OffsetDateTime> {
+    let ms = v.as_f64()?;
+    OffsetDateTime::from_unix_timestamp_nanos((ms * 1e6) as i128).ok()
+}
