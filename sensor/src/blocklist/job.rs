@@ -213,6 +213,9 @@ pub async fn run_once(
         None => {
             let old = std::fs::read_to_string(&b.edl.path).ok();
             if old.as_deref() != Some(text.as_str()) {
+                if let Some(dir) = b.edl.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io("creating the EDL directory"))?;
+                }
                 edl::write_atomic(&b.edl.path, &text).map_err(io("writing the EDL file"))?;
                 true
             } else {

@@ -121,6 +121,9 @@ impl ReputationCache {
     /// Writes the cache atomically (temp file, fsync, rename).
     pub fn save(&self) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(&self.verdicts).map_err(std::io::Error::other)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         crate::blocklist::edl::write_atomic(&self.path, &bytes)
     }
 

@@ -118,6 +118,7 @@ pub fn write(dir: &Path, day: Date, rows: &[Row]) -> std::io::Result<(PathBuf, P
         serde_json::to_writer(&mut jsonl, r).map_err(std::io::Error::other)?;
         jsonl.push(b'\n');
     }
+    std::fs::create_dir_all(dir)?;
     super::edl::write_atomic(&csv_path, &csv)?;
     super::edl::write_atomic(&jsonl_path, &jsonl)?;
     Ok((csv_path, jsonl_path))
