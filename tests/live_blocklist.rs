@@ -12,7 +12,7 @@ use std::{
 
 use sensor::testkit::{
     daemon::Daemon,
-    fake_threatbook::{FakeIpInfo, FakeThreatBook, FakeVerdict},
+    fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict},
     netns::{Topology, sh, unique},
     osmem::{Client, Osmem},
     responder::Responder,
@@ -243,6 +243,49 @@ basic_auth_password = {{ file = "{edl_pw}" }}
         "{body}"
     );
     assert!(!body.contains("45.33.32.156"));
+
+    // The next night the provider is down: the run fails, and the served list and the kernel
+    // map stay as they were, byte for byte.
+    tb.set_ip(
+        "45.33.32.156".parse().unwrap(),
+        FakeVerdict::malicious("C2"),
+        FakeIpInfo::default(),
+    );
+    tb.set_mode(FakeMode::ResponseCode(-5));
+    // The clean verdict is cached for days, so make the run ask again: drop the cache file.
+    std::fs::remove_file(d.join("state/reputation.json")).expect("reputation cache exists");
+    let out = Command::new(sensor_bin())
+        .args(["blocklist", "run", "--date", "2026-11-23", "--config"])
+        .arg(&config)
+        .output()
+        .expect("sensor blocklist run");
+    assert!(!out.status.success(), "the run fails while the provider is down");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("last list stays in force"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let show_after = Command::new(sensor_bin())
+        .args(["blocklist", "show", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("sensor blocklist show");
+    let shown_after: Value = serde_json::from_slice(&show_after.stdout).expect("show JSON");
+    assert_eq!(shown_after[0]["net"], shown[0]["net"]);
+    assert_eq!(shown_after[0]["expires_unix"], shown[0]["expires_unix"]);
+    assert_eq!(shown_after.as_array().unwrap().len(), 1);
+    let body_after = rt.block_on(async {
+        reqwest::Client::new()
+            .get(&url)
+            .basic_auth("firewall", Some(EDL_PASSWORD))
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body")
+    });
+    assert_eq!(body_after, body, "the served list is unchanged");
 
     let _ = daemon.stop();
     let logs = daemon.stderr_seen.join("\n");

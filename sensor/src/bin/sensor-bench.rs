@@ -77,6 +77,9 @@ enum Cmd {
         documents: usize,
         #[arg(long, default_value_t = 100_000)]
         distinct: usize,
+        /// Buckets per composite page (blocklist.elasticsearch.page_size).
+        #[arg(long, default_value_t = 10_000)]
+        page_size: usize,
     },
     /// Seconds to install the nightly blocklist into a freshly loaded program's pinned
     /// BLOCKLIST (empty map), then to install the next night's list (all renewed, 10% churn).
@@ -105,8 +108,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::BlocklistCollect {
             documents,
             distinct,
+            page_size,
         } => {
-            let b = sensor::testkit::collect_bench::run(documents, distinct)?;
+            let b = sensor::testkit::collect_bench::run(documents, distinct, page_size)?;
             println!(
                 "seeded {} alert documents ({} distinct source IPs) in {:.1} s",
                 b.documents, b.distinct, b.seed_seconds

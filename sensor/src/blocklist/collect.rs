@@ -51,7 +51,9 @@ pub struct ReadSection {
     pub api_key: Option<SecretSource>,
     /// PEM file of the CA that signed the server's certificate (besides the system roots).
     pub ca_file: Option<std::path::PathBuf>,
-    /// Buckets per composite-aggregation page.
+    /// Buckets per composite-aggregation page: each page is one search over the day's alerts,
+    /// so fewer, larger pages read less (the server's `search.max_buckets`, 65,535 by default
+    /// since Elasticsearch 7.10 and in OpenSearch, is the upper bound).
     pub page_size: usize,
     pub timeout_secs: u64,
 }
@@ -64,7 +66,7 @@ impl Default for ReadSection {
             password: None,
             api_key: None,
             ca_file: None,
-            page_size: 1000,
+            page_size: 10_000,
             timeout_secs: 60,
         }
     }
@@ -164,7 +166,7 @@ impl Reader {
             client,
             base,
             auth,
-            page_size: cfg.page_size.clamp(1, 10_000),
+            page_size: cfg.page_size.clamp(1, 65_535),
         })
     }
 

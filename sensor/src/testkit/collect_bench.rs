@@ -39,7 +39,7 @@ fn ip(i: usize, k: usize) -> IpAddr {
     }
 }
 
-pub fn run(documents: usize, distinct: usize) -> anyhow::Result<CollectBench> {
+pub fn run(documents: usize, distinct: usize, page_size: usize) -> anyhow::Result<CollectBench> {
     let server = Osmem::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,6 +87,7 @@ pub fn run(documents: usize, distinct: usize) -> anyhow::Result<CollectBench> {
 
         let reader = Reader::new(&ReadSection {
             url: server.url(),
+            page_size,
             ..ReadSection::default()
         })?;
         let sched = ScheduleSection::default().parse()?;
@@ -97,6 +98,7 @@ pub fn run(documents: usize, distinct: usize) -> anyhow::Result<CollectBench> {
             device: "NGFW".into(),
             timestamp_field: "@timestamp".into(),
         }];
+        eprintln!("seeded in {seed_seconds:.1} s; collecting with pages of {page_size}");
         let started = Instant::now();
         let collected = reader.collect(&sources, from, to).await?;
         let collect_seconds = started.elapsed().as_secs_f64();
