@@ -456,3 +456,26 @@ async fn server_down_at_start_then_up() {
         .unwrap();
     assert_eq!(ip, "10.1.2.34".parse::<IpAddr>().unwrap());
 }
+
+/// The benchmark (not run by default): `cargo test -p sensor --release --test elastic --
+/// --ignored --nocapture bench`; `ES_BENCH_DOCS` sets the number of documents (200000).
+#[test]
+#[ignore = "benchmark"]
+fn bench_documents_per_second() {
+    let docs = std::env::var("ES_BENCH_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let b = osmem::bench_elastic(docs);
+    println!(
+        "elasticsearch sink: {} docs in {:.2} s = {:.0} docs/s indexed into osmem-server \
+         ({} bulk requests; sink thread CPU {:.2} s = {:.1} us/doc); building alone {:.0} docs/s",
+        b.docs,
+        b.seconds,
+        b.docs_per_second,
+        b.bulk_requests,
+        b.cpu_seconds,
+        b.cpu_seconds * 1e6 / b.docs as f64,
+        b.build_docs_per_second
+    );
+}

@@ -6,6 +6,7 @@
 mod bench;
 mod build_ebpf;
 mod cmd;
+mod osmem;
 mod run;
 mod setup;
 mod test;

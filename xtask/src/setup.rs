@@ -41,6 +41,7 @@ pub fn setup(test_deps: bool) -> Result<()> {
     // Without --test-deps the daemon mounts bpffs itself when it needs to pin.
     if test_deps {
         bpffs()?;
+        crate::osmem::install()?;
     }
     Ok(())
 }

@@ -231,3 +231,137 @@ impl Client {
             .1
     }
 }
+
+/// What [`bench_elastic`] measured.
+#[derive(Debug, Clone)]
+pub struct ElasticBench {
+    pub docs: u64,
+    /// From the first offer until the last document was acknowledged by the server.
+    pub seconds: f64,
+    pub docs_per_second: f64,
+    /// CPU time of the sink's thread (the whole runtime: building, HTTP, parsing answers).
+    pub cpu_seconds: f64,
+    pub bulk_requests: u64,
+    /// Documents built per second (action + document lines), without the server.
+    pub build_docs_per_second: f64,
+}
+
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass; RUSAGE_THREAD is valid on Linux.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Indexes `docs` malicious hits into a fresh osmem-server through the Elasticsearch sink
+/// (default batching: 1000 documents per bulk request), the sink running on a current-thread
+/// runtime, i.e. one core; the server is another process.
+pub fn bench_elastic(docs: u64) -> ElasticBench {
+    use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering};
+
+    use crate::{
+        decode::Query,
+        enrich::Enriched,
+        intel::{Assessment, Confidence, Finding, Severity, Verdict},
+        inventory::Inventory,
+        sink::elastic::{ElasticSection, ElasticSink, document},
+    };
+
+    let assessment = Arc::new(Assessment {
+        verdict: Verdict::Malicious,
+        findings: vec![Finding {
+            provider: "threatbook".into(),
+            malicious: true,
+            severity: Some(Severity::High),
+            confidence: Some(Confidence::High),
+            judgments: vec!["C2".into(), "Botnet".into()],
+            tags: vec!["APT:OceanLotus".into()],
+            permalink: Some("https://x.threatbook.com/v5/domain/evil.example".into()),
+            ip_context: None,
+        }],
+        errors: vec![],
+    });
+    let events: Vec<Enriched> = (0..docs)
+        .map(|n| Enriched {
+            query: Query {
+                ts_mono_ns: 1_000_000_000_000 + n * 1000,
+                ifindex: 1,
+                vlan_outer: 0,
+                vlan_inner: 0,
+                src: std::net::IpAddr::from([10, 1, (n >> 8) as u8, n as u8]),
+                dst: std::net::IpAddr::from([10, 0, 0, 53]),
+                src_port: 1024 + (n % 60000) as u16,
+                dst_port: 53,
+                transport: sensor_common::Transport::Udp,
+                dns_id: n as u16,
+                qtype: 1,
+                qclass: 1,
+                name: format!("host{}.evil{}.example", n % 97, n % 1000),
+            },
+            intel: Some(assessment.clone()),
+        })
+        .collect();
+    let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(Inventory::default()));
+    let interfaces = HashMap::from([(1, "eth0".to_owned())]);
+
+    // Building alone.
+    let mut builder = document::Builder::new(
+        "bench",
+        &interfaces,
+        document::IndexPattern::parse("bench-%Y.%m.%d").expect("pattern"),
+        inventory.clone(),
+    );
+    let mut buf = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    for e in &events {
+        buf.clear();
+        builder.item(e, &mut buf);
+    }
+    let build_docs_per_second = docs as f64 / start.elapsed().as_secs_f64();
+
+    let server = Osmem::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cfg = ElasticSection {
+        urls: vec![server.url()],
+        index: "bench-%Y.%m.%d".into(),
+        flush_interval_ms: 100,
+        ..Default::default()
+    };
+    rt.block_on(async move {
+        let sink = ElasticSink::start(&cfg, "bench", &interfaces, inventory).expect("sink");
+        let c = sink.counters();
+        // Let the template go in first, so the timing is of indexing only.
+        while !c.template_installed.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let cpu0 = thread_cpu_seconds();
+        let start = Instant::now();
+        let mut next = 0usize;
+        let room = cfg.queue_size as u64;
+        while c.indexed.load(Ordering::Relaxed) < docs {
+            while next < events.len() && c.in_flight.load(Ordering::Relaxed) < room {
+                sink.offer(&events[next]);
+                next += 1;
+            }
+            assert_eq!(c.dropped_total(), 0, "{:?}", c.dropped());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let cpu_seconds = thread_cpu_seconds() - cpu0;
+        let bulk_requests = c.bulk_requests.load(Ordering::Relaxed);
+        sink.shutdown(Duration::from_secs(5)).await;
+        drop(server);
+        ElasticBench {
+            docs,
+            seconds,
+            docs_per_second: docs as f64 / seconds,
+            cpu_seconds,
+            bulk_requests,
+            build_docs_per_second,
+        }
+    })
+}
