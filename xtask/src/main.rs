@@ -9,6 +9,7 @@ mod cmd;
 mod osmem;
 mod run;
 mod setup;
+mod tansu;
 mod test;
 
 use std::{
@@ -36,7 +37,8 @@ struct Cli {
 enum Command {
     /// Install what the build (and with --test-deps, the tests) need; skip what is present.
     Setup {
-        /// Also install the Debian tools the tests drive (dig, tshark, ...) and mount bpffs.
+        /// Also install the Debian tools the tests drive (dig, tshark, ...), mount bpffs, and
+        /// install tansu (the Kafka broker of the tests, cached under ~/.cache/dns-sensor).
         #[arg(long)]
         test_deps: bool,
     },

@@ -42,6 +42,7 @@ pub fn setup(test_deps: bool) -> Result<()> {
     if test_deps {
         bpffs()?;
         crate::osmem::install()?;
+        crate::tansu::install()?;
     }
     Ok(())
 }

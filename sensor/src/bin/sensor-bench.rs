@@ -87,6 +87,15 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         entries: u32,
     },
+    /// Events/s produced to a local tansu broker through the Kafka sink, the sink pinned to one
+    /// CPU (tansu from `cargo xtask setup --test-deps`).
+    Kafka {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// The CPU the sink (its task and librdkafka's threads) runs on; tansu gets the others.
+        #[arg(long, default_value_t = 0)]
+        cpu: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,6 +135,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Kafka { events, cpu } => kafka(events, cpu),
     }
 }
 
@@ -226,6 +236,22 @@ fn intel(
         "  ratio: {:.1}x the events/s with {:.1}x fewer calls",
         sensor_rate / seed_rate,
         slow.seed_calls as f64 / slow.sensor_calls.max(1) as f64
+    );
+    Ok(())
+}
+
+fn kafka(events: u64, cpu: usize) -> anyhow::Result<()> {
+    let r = sensor::testkit::tansu::produce_bench(events, cpu, None);
+    println!(
+        "kafka sink -> tansu (compression {}, sink on CPU {cpu}): {} events, {} delivered, {} dropped in {:.2} s = {:.0} events/s; sink CPU {:.2} s = {:.0} events per CPU-second",
+        r.compression,
+        r.events,
+        r.delivered,
+        r.dropped,
+        r.seconds,
+        r.delivered as f64 / r.seconds,
+        r.cpu_seconds,
+        r.delivered as f64 / r.cpu_seconds
     );
     Ok(())
 }

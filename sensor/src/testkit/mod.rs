@@ -12,3 +12,4 @@ pub mod osmem;
 pub mod packet;
 pub mod pcap;
 pub mod responder;
+pub mod tansu;

@@ -1,0 +1,358 @@
+//! Kafka sink: every kept event as one ECS JSON document (the JSON line of [`Encoder`] without
+//! its newline), keyed by the client IP, produced with librdkafka (rdkafka).
+//!
+//! Parts: [`config`] (`[kafka]`), [`producer`] (the producer task, librdkafka's delivery reports,
+//! the health check), [`spool`] (the optional on-disk spool).
+//!
+//! Stages and their bounds: `offer` never waits. It counts the event, filters it by verdict, and
+//! puts it on a bounded channel (`queue_size`; full → dropped `queue/queue_full`). The producer
+//! task encodes it and hands it to librdkafka, whose queue holds `producer_queue_size` messages
+//! (batching, in flight, waiting out a broker outage). When that queue stays full for
+//! `queue_full_retry_ms`, the event goes to the spool (when configured), else it is dropped
+//! (`producer/queue_full`). A message that librdkafka fails (its `message_timeout_ms` ran out
+//! while the broker was down, or the sink shut down) goes to the spool too, unless the error
+//! is permanent (e.g. the message is too large, or authorization failed): then it is dropped,
+//! counted as `delivery/delivery_failed:<librdkafka error code>`. A full spool drops with
+//! `spool/spool_full`. While the spool holds records, new events are appended behind them, and
+//! the records are replayed in order whenever the brokers answer and librdkafka has room.
+//!
+//! At every moment
+//! `events_in + spool_recovered = filtered_out + delivered + dropped + in_flight + spool_pending`
+//! (`spool_recovered`: records found in the spool at start; `in_flight`: in the channel, the
+//! producer task or librdkafka). After `shutdown` `in_flight` is 0. [`KafkaCounters::imbalance`]
+//! computes the difference.
+//!
+//! [`Encoder`]: crate::encode::Encoder
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use super::SinkError;
+use crate::{config::ConfigError, enrich::Enriched, metrics::Metric};
+
+pub mod config;
+mod producer;
+pub mod spool;
+
+pub use config::{Acks, Compression, EventFilter, KafkaSection, SpoolSection};
+
+/// Final outcomes other than "delivered", by (stage, reason): the labels of `kafka_dropped`.
+/// librdkafka error codes are a closed set, but the map is capped anyway.
+#[derive(Debug, Default)]
+pub(crate) struct Drops(Mutex<BTreeMap<(&'static str, String), u64>>);
+
+const MAX_REASONS: usize = 64;
+
+impl Drops {
+    pub(crate) fn add(&self, stage: &'static str, reason: &str, n: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (stage, reason.to_owned());
+        if map.contains_key(&key) || map.len() < MAX_REASONS {
+            *map.entry(key).or_default() += n;
+        } else {
+            *map.entry((stage, "other".into())).or_default() += n;
+        }
+    }
+
+    fn snapshot(&self) -> Vec<((&'static str, String), u64)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn total(&self) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().sum()
+    }
+}
+
+/// The sink's counters and gauges. Counters only grow.
+#[derive(Debug, Default)]
+pub struct KafkaCounters {
+    /// Events offered to the sink.
+    pub events_in: AtomicU64,
+    /// Events whose verdict `events` does not keep.
+    pub filtered_out: AtomicU64,
+    /// Messages the brokers acknowledged (replayed ones included).
+    pub delivered: AtomicU64,
+    /// Records appended to the spool (a record can be appended again if its replay fails).
+    pub spooled: AtomicU64,
+    /// Records read from the spool and handed to librdkafka.
+    pub replayed: AtomicU64,
+    /// Records found in the spool at start (left by an earlier run).
+    pub spool_recovered: AtomicU64,
+    /// Gauge: events accepted and without a final outcome, not in the spool.
+    pub in_flight: AtomicU64,
+    /// Gauge: records in the spool not yet replayed.
+    pub spool_pending: AtomicU64,
+    /// Gauge: bytes of the spool's segment files.
+    pub spool_bytes: AtomicU64,
+    /// Spool writes that failed (I/O errors; the event is counted `spool/spool_error`).
+    pub spool_errors: AtomicU64,
+    /// Gauge: the last health check or delivery reached the brokers and found the topic.
+    pub broker_up: AtomicBool,
+    pub(crate) dropped: Drops,
+}
+
+impl KafkaCounters {
+    /// Every drop, whatever its stage and reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.total()
+    }
+
+    /// Drops by (stage, reason).
+    pub fn dropped(&self) -> Vec<((&'static str, String), u64)> {
+        self.dropped.snapshot()
+    }
+
+    /// `events_in + spool_recovered - (filtered_out + delivered + dropped + in_flight +
+    /// spool_pending)`: zero whenever no event is between two counters (idle, or after
+    /// `shutdown`).
+    pub fn imbalance(&self) -> i128 {
+        let get = |a: &AtomicU64| i128::from(a.load(Ordering::SeqCst));
+        get(&self.events_in) + get(&self.spool_recovered)
+            - get(&self.filtered_out)
+            - get(&self.delivered)
+            - i128::from(self.dropped_total())
+            - get(&self.in_flight)
+            - get(&self.spool_pending)
+    }
+}
+
+/// Handle of the running sink.
+pub struct KafkaSink {
+    tx: mpsc::Sender<Enriched>,
+    filter: EventFilter,
+    counters: Arc<KafkaCounters>,
+    /// Read by the producer task when the channel closes.
+    grace_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    health: tokio::task::JoinHandle<()>,
+}
+
+impl KafkaSink {
+    /// Starts the sink's tasks on the current tokio runtime. Never waits for the brokers: when
+    /// they cannot be reached, one warning says so and the health check keeps retrying in the
+    /// background while events wait in the queues (and the spool). Fails only on a config the
+    /// sink cannot use (an invalid setting or property, an unreadable secret, a spool directory
+    /// that cannot be opened).
+    pub fn start(
+        cfg: &KafkaSection,
+        observer: &str,
+        interfaces: &HashMap<u32, String>,
+        _inventory: Arc<arc_swap::ArcSwap<crate::inventory::Inventory>>,
+    ) -> Result<Self, SinkError> {
+        let config_err = |e: ConfigError| match e {
+            ConfigError::Invalid { key, message } => SinkError::Config { key, message },
+            other => SinkError::Start {
+                sink: "kafka",
+                message: other.to_string(),
+            },
+        };
+        cfg.validate().map_err(config_err)?;
+        let client_config = cfg.client_config().map_err(config_err)?;
+        let counters = Arc::new(KafkaCounters::default());
+        let spool = match &cfg.spool {
+            None => None,
+            Some(s) => {
+                let (spool, recovered) =
+                    spool::Spool::open(&s.path, s.max_bytes).map_err(|e| SinkError::Start {
+                        sink: "kafka",
+                        message: format!("cannot open the spool at {}: {e}", s.path.display()),
+                    })?;
+                if recovered.truncated_bytes > 0 {
+                    tracing::warn!(
+                        bytes = recovered.truncated_bytes,
+                        path = %s.path.display(),
+                        "kafka spool: cut a torn record at the end of a segment (the sensor \
+                         stopped while writing it)"
+                    );
+                }
+                if recovered.records > 0 {
+                    tracing::info!(
+                        records = recovered.records,
+                        bytes = recovered.bytes,
+                        path = %s.path.display(),
+                        "kafka spool: records from an earlier run will be replayed"
+                    );
+                }
+                counters
+                    .spool_recovered
+                    .store(recovered.records, Ordering::SeqCst);
+                counters
+                    .spool_pending
+                    .store(spool.pending(), Ordering::SeqCst);
+                counters.spool_bytes.store(spool.bytes(), Ordering::SeqCst);
+                Some(Mutex::new(spool))
+            }
+        };
+        let grace_ms = Arc::new(AtomicU64::new(10_000));
+        let (tx, rx) = mpsc::channel(cfg.queue_size);
+        let shared = Arc::new(producer::Shared {
+            counters: counters.clone(),
+            spool,
+        });
+        let (worker, client) = producer::Worker::new(
+            cfg,
+            &client_config,
+            observer,
+            interfaces,
+            shared,
+            grace_ms.clone(),
+        )
+        .map_err(|e| SinkError::Start {
+            sink: "kafka",
+            message: format!("cannot create the producer: {e}"),
+        })?;
+        let health = tokio::spawn(producer::health(
+            client,
+            cfg.brokers.join(","),
+            cfg.topic.clone(),
+            counters.clone(),
+        ));
+        let task = tokio::spawn(worker.run(rx));
+        Ok(Self {
+            tx,
+            filter: cfg.events,
+            counters,
+            grace_ms,
+            task,
+            health,
+        })
+    }
+
+    /// Queues an event without waiting; a full queue counts a drop.
+    pub fn offer(&self, event: &Enriched) {
+        let c = &self.counters;
+        c.events_in.fetch_add(1, Ordering::Relaxed);
+        if !self.filter.keeps(event.intel.as_ref().map(|a| a.verdict)) {
+            c.filtered_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Counted before the send, so the producer can never finish an event not yet in flight.
+        c.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.tx.try_send(event.clone()) {
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => "queue_full",
+                mpsc::error::TrySendError::Closed(_) => "closed",
+            };
+            c.dropped.add("queue", reason, 1);
+            c.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The counters, for tests and for the caller's own checks.
+    pub fn counters(&self) -> Arc<KafkaCounters> {
+        self.counters.clone()
+    }
+
+    /// Every counter and gauge of the sink, named `kafka_…`.
+    pub fn metrics(&self) -> Vec<Metric> {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = vec![
+            Metric::counter(
+                "kafka_events_in",
+                "Events offered to the Kafka sink.",
+                get(&c.events_in),
+            ),
+            Metric::counter(
+                "kafka_filtered_out",
+                "Events the Kafka sink's `events` setting does not keep.",
+                get(&c.filtered_out),
+            ),
+            Metric::counter(
+                "kafka_delivered",
+                "Messages the Kafka brokers acknowledged.",
+                get(&c.delivered),
+            ),
+            Metric::counter(
+                "kafka_spooled",
+                "Records appended to the Kafka spool (broker outage beyond the memory queues).",
+                get(&c.spooled),
+            ),
+            Metric::counter(
+                "kafka_replayed",
+                "Records read from the Kafka spool and produced again.",
+                get(&c.replayed),
+            ),
+            Metric::counter(
+                "kafka_spool_recovered",
+                "Records found in the Kafka spool at start.",
+                get(&c.spool_recovered),
+            ),
+            Metric::counter(
+                "kafka_spool_errors",
+                "Kafka spool writes that failed.",
+                get(&c.spool_errors),
+            ),
+            Metric::gauge(
+                "kafka_in_flight",
+                "Events accepted by the Kafka sink without a final outcome (queue, producer).",
+                get(&c.in_flight) as f64,
+            ),
+            Metric::gauge(
+                "kafka_queued",
+                "Events in the Kafka sink's channel.",
+                (self.tx.max_capacity() - self.tx.capacity()) as f64,
+            ),
+            Metric::gauge(
+                "kafka_spool_pending",
+                "Records in the Kafka spool waiting for replay.",
+                get(&c.spool_pending) as f64,
+            ),
+            Metric::gauge(
+                "kafka_spool_bytes",
+                "Bytes of the Kafka spool's segment files.",
+                get(&c.spool_bytes) as f64,
+            ),
+            Metric::gauge(
+                "kafka_broker_up",
+                "1 when the last health check or delivery reached the Kafka brokers.",
+                if c.broker_up.load(Ordering::Relaxed) {
+                    1.0
+                } else {
+                    0.0
+                },
+            ),
+        ];
+        for ((stage, reason), n) in c.dropped() {
+            out.push(
+                Metric::counter(
+                    "kafka_dropped",
+                    "Events the Kafka sink dropped, by stage and reason.",
+                    n,
+                )
+                .label("stage", stage)
+                .label("reason", reason),
+            );
+        }
+        out
+    }
+
+    /// Delivers what is queued within `grace`; what is left goes to the spool (when configured)
+    /// or is counted `shutdown/shutdown`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.grace_ms
+            .store(grace.as_millis() as u64, Ordering::SeqCst);
+        self.health.abort();
+        let _ = self.health.await;
+        drop(self.tx);
+        // The task keeps to `grace` itself; the margin covers purging and the spool's fsync.
+        match tokio::time::timeout(grace + Duration::from_secs(5), self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "kafka: producer task failed"),
+            Err(_) => tracing::error!("kafka: producer task did not stop in time"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
