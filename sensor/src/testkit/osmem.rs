@@ -247,8 +247,9 @@ pub struct ElasticBench {
 }
 
 fn thread_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the struct we pass; RUSAGE_THREAD is valid on Linux.
+    // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct we pass; RUSAGE_THREAD is valid on Linux.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
