@@ -259,7 +259,10 @@ basic_auth_password = {{ file = "{edl_pw}" }}
         .arg(&config)
         .output()
         .expect("sensor blocklist run");
-    assert!(!out.status.success(), "the run fails while the provider is down");
+    assert!(
+        !out.status.success(),
+        "the run fails while the provider is down"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("last list stays in force"),
         "{}",

@@ -13,7 +13,9 @@ use sensor::testkit::{
     fake_threatbook::{FakeThreatBook, FakeVerdict},
     fake_wecom::FakeWeCom,
     netns::{Topology, unique},
+    osmem::{Client as EsClient, Osmem},
     responder::Responder,
+    tansu::{Storage, Tansu},
 };
 use serde_json::Value;
 
@@ -45,6 +47,10 @@ fn dig_a_malicious_name_alerts_wecom_with_the_owner_and_the_line_carries_the_ver
         },
     );
     let wecom = rt.block_on(FakeWeCom::start(WECOM_KEY));
+    // The real sinks: a Kafka-protocol broker and an OpenSearch-compatible server.
+    let kafka = Tansu::start(Storage::Memory);
+    rt.block_on(kafka.create_topic("dns-events", 1));
+    let search = Osmem::start();
 
     let topo = Topology::new(false);
     let client = IpAddr::V4(topo.v4(2));
@@ -102,7 +108,18 @@ key = {{ file = "{wecom_key}" }}
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
+
+[kafka]
+brokers = ["{kafka}"]
+topic = "dns-events"
+linger_ms = 1
+
+[elasticsearch]
+urls = ["{search}"]
+flush_interval_ms = 100
 "#,
+            kafka = kafka.bootstrap(),
+            search = search.url(),
             iface = topo.host_if,
             trusted = trusted.display(),
             tb_url = tb.base_url(),
@@ -189,8 +206,73 @@ listen = "127.0.0.1:{metrics_port}"
     );
     assert!(!metrics.contains(TB_KEY) && !metrics.contains(WECOM_KEY));
 
+    // The malicious hit is searchable in the day's index, with the owner, and the template
+    // typed the fields.
+    let es = EsClient::new(&search.url());
+    let day = time::OffsetDateTime::now_utc().date();
+    let index = format!(
+        "security_check_url-{:04}.{:02}.{:02}",
+        day.year(),
+        u8::from(day.month()),
+        day.day()
+    );
+    let hit = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            es.refresh(&index).await;
+            let query = serde_json::json!({
+                "query": {"term": {"source.ip": format!("{client}/32")}},
+                "size": 10,
+            });
+            let (status, v) = es
+                .request(
+                    reqwest::Method::POST,
+                    &format!("{index}/_search?ignore_unavailable=true"),
+                    Some(&query),
+                )
+                .await;
+            let hits: Vec<serde_json::Value> = v["hits"]["hits"]
+                .as_array()
+                .map(|h| h.iter().map(|x| x["_source"].clone()).collect())
+                .unwrap_or_default();
+            if status == 200 && !hits.is_empty() {
+                return hits;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no hit in {index}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(hit.len(), 1, "{hit:?}");
+    assert_eq!(hit[0]["dns"]["question"]["name"], "c2.evil-example.net");
+    assert_eq!(hit[0]["threat"]["indicator"]["type"], "domain-name");
+    assert_eq!(hit[0]["user"]["id"], "E10024");
+    let (_, mapping) =
+        rt.block_on(es.request(reqwest::Method::GET, &format!("{index}/_mapping"), None));
+    let props = &mapping[&index]["mappings"]["properties"];
+    assert_eq!(
+        props["source"]["properties"]["ip"]["type"], "ip",
+        "{mapping}"
+    );
+    assert_eq!(
+        props["dns"]["properties"]["question"]["properties"]["name"]["type"],
+        "keyword"
+    );
+
     let lines = daemon.stop();
     let logs = daemon.stderr_seen.join("\n");
+
+    // Every written line is in Kafka too, byte for byte, keyed by the client's address.
+    let records = kafka
+        .reader("dns-events")
+        .read(lines.len(), Duration::from_secs(30));
+    assert_eq!(records.len(), lines.len(), "{records:?}");
+    for line in &lines {
+        let r = records
+            .iter()
+            .find(|r| r.payload == line.as_bytes())
+            .unwrap_or_else(|| panic!("not in Kafka: {line}"));
+        assert_eq!(r.key.as_deref(), Some(client.to_string().as_bytes()));
+    }
 
     let messages = wecom.accepted();
     assert_eq!(messages.len(), 1, "{messages:#?}");

@@ -1,34 +1,52 @@
 //! Converts the kernel's monotonic timestamps into wall-clock time.
+//!
+//! One offset (realtime − monotonic) for the whole process, so every sink stamps one event
+//! with the same `@timestamp`: the JSON line, the Kafka document and the Elasticsearch hit of a
+//! query agree to the nanosecond. Reading the two clocks is not atomic, so each reading of the
+//! offset differs by some hundred nanoseconds of jitter; a re-sync only moves the shared offset
+//! when it changed by more than [`STEP_NS`] (an NTP step or accumulated slew).
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use nix::time::{ClockId, clock_gettime};
 
-/// Wall clock = monotonic timestamp + (realtime − monotonic), the offset re-read on `resync` so
-/// that NTP steps show up in later events.
-pub struct WallClock {
-    offset_ns: i128,
+/// Offset changes smaller than this are reading jitter, not a clock change.
+const STEP_NS: i64 = 1_000_000;
+
+/// realtime − monotonic in ns; 0 until first set (no real clock is at the epoch of boot).
+static OFFSET_NS: AtomicI64 = AtomicI64::new(0);
+
+fn ns(id: ClockId) -> i64 {
+    let t = clock_gettime(id).expect("CLOCK_REALTIME and CLOCK_MONOTONIC always exist");
+    t.tv_sec() * 1_000_000_000 + t.tv_nsec()
 }
 
-fn ns(id: ClockId) -> i128 {
-    let t = clock_gettime(id).expect("CLOCK_REALTIME and CLOCK_MONOTONIC always exist");
-    t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128
-}
+/// A handle on the process-wide offset.
+pub struct WallClock(());
 
 impl WallClock {
     pub fn new() -> Self {
-        let mut c = Self { offset_ns: 0 };
-        c.resync();
+        let c = Self(());
+        if OFFSET_NS.load(Ordering::Relaxed) == 0 {
+            c.resync();
+        }
         c
     }
 
-    pub fn resync(&mut self) {
+    /// Reads the clocks again; moves the shared offset when the wall clock really changed.
+    pub fn resync(&self) {
         let mono = ns(ClockId::CLOCK_MONOTONIC);
         let real = ns(ClockId::CLOCK_REALTIME);
-        self.offset_ns = real - mono;
+        let fresh = real - mono;
+        let old = OFFSET_NS.load(Ordering::Relaxed);
+        if old == 0 || (fresh - old).abs() > STEP_NS {
+            OFFSET_NS.store(fresh, Ordering::Relaxed);
+        }
     }
 
     /// Unix time in nanoseconds of a `bpf_ktime_get_ns()` value.
     pub fn unix_ns(&self, mono_ns: u64) -> i128 {
-        mono_ns as i128 + self.offset_ns
+        mono_ns as i128 + OFFSET_NS.load(Ordering::Relaxed) as i128
     }
 }
 

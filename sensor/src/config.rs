@@ -277,6 +277,12 @@ impl Config {
         self.blocklist.schedule.parse()?;
         self.blocklist.policy.validate()?;
         self.blocklist.edl.validate()?;
+        if let Some(es) = &self.elasticsearch {
+            es.validate()?;
+        }
+        if let Some(k) = &self.kafka {
+            k.validate()?;
+        }
         Ok(())
     }
 

@@ -44,7 +44,7 @@ pub fn write_all(
     counters: Arc<StageCounters>,
 ) {
     let mut out = io::BufWriter::with_capacity(1 << 16, sink);
-    let mut clock = WallClock::new();
+    let clock = WallClock::new();
     let mut encoder = Encoder::new(&observer, &interfaces);
     let mut line = Vec::with_capacity(1024);
     while let Some(e) = rx.blocking_recv() {

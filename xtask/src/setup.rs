@@ -15,8 +15,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
 
-/// Always needed: the daemon's operators and the tests inspect loaded maps with it.
-const BUILD_PACKAGES: &[&str] = &["bpftool"];
+/// Needed to build and run: bpftool for inspection; libssl-dev and pkg-config for librdkafka's TLS
+/// (the Kafka sink's `ssl` feature links the system OpenSSL).
+const BUILD_PACKAGES: &[&str] = &["bpftool", "libssl-dev", "pkg-config"];
 
 /// Only for the tests: real DNS clients, replay and capture tools, and `ip netns`.
 const TEST_PACKAGES: &[&str] = &[

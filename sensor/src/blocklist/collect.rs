@@ -52,8 +52,9 @@ pub struct ReadSection {
     /// PEM file of the CA that signed the server's certificate (besides the system roots).
     pub ca_file: Option<std::path::PathBuf>,
     /// Buckets per composite-aggregation page: each page is one search over the day's alerts,
-    /// so fewer, larger pages read less (the server's `search.max_buckets`, 65,535 by default
-    /// since Elasticsearch 7.10 and in OpenSearch, is the upper bound).
+    /// so fewer, larger pages read less. The server's `search.max_buckets` (65,535 by default
+    /// since Elasticsearch 7.10 and in OpenSearch; 10,000 before) is the upper bound; a server
+    /// that refuses the size is asked again with halved pages.
     pub page_size: usize,
     pub timeout_secs: u64,
 }
@@ -66,7 +67,7 @@ impl Default for ReadSection {
             password: None,
             api_key: None,
             ca_file: None,
-            page_size: 10_000,
+            page_size: 65_535,
             timeout_secs: 60,
         }
     }
@@ -252,9 +253,10 @@ impl Reader {
         for src in sources {
             let field = self.aggregatable(src).await?;
             let mut after: Option<Value> = None;
+            let mut page_size = self.page_size;
             loop {
                 let mut composite = json!({
-                    "size": self.page_size,
+                    "size": page_size,
                     "sources": [{"ip": {"terms": {"field": field}}}],
                 });
                 if let Some(a) = &after {
@@ -277,14 +279,30 @@ impl Reader {
                     "{}/_search?ignore_unavailable=true&allow_no_indices=true",
                     src.index
                 );
-                let page = self
+                let page = match self
                     .request(
                         &format!("alerts of {} in {}", src.device, src.index),
                         reqwest::Method::POST,
                         &path,
                         Some(body),
                     )
-                    .await?;
+                    .await
+                {
+                    Ok(p) => p,
+                    // Elasticsearch before 7.10 caps a search at 10,000 buckets: ask again
+                    // with smaller pages rather than fail the night.
+                    Err(CollectError::Request { message, .. })
+                        if page_size > 1000 && message.contains("too many buckets") =>
+                    {
+                        page_size = (page_size / 2).max(1000);
+                        tracing::warn!(
+                            page_size,
+                            "server refused the page size; using smaller pages"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 out.pages += 1;
                 let agg = &page["aggregations"]["ips"];
                 let buckets = agg["buckets"].as_array().cloned().unwrap_or_default();
