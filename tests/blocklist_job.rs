@@ -246,7 +246,8 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     assert_eq!(report.summary.below_threshold, 1);
 
     // The night's summary went to the alert channel.
-    hook.wait_for(std::time::Duration::from_secs(10), |r| !r.is_empty()).await;
+    hook.wait_for(std::time::Duration::from_secs(10), |r| !r.is_empty())
+        .await;
     let notice = hook.received()[0].body.clone().expect("JSON body");
     assert_eq!(notice["notice"]["kind"], "blocklist_run", "{notice}");
     assert_eq!(notice["notice"]["summary"]["added"], 2, "{notice}");
