@@ -123,6 +123,7 @@ impl<V: aya::Pod + Default> PrefixMap<V> {
     /// stay, and never leaving a moment in which an entry that stays is missing.
     pub fn replace_all(&mut self, wanted: &[IpNet]) -> Result<(), PrefixError> {
         let current = self.entries()?;
+        let wanted_set: std::collections::BTreeSet<IpNet> = wanted.iter().copied().collect();
         // 1. Filter bits for the union of old and new entries.
         let union = filter_words(current.keys().copied().chain(wanted.iter().copied()));
         self.write_filter(&union)?;
@@ -139,7 +140,7 @@ impl<V: aya::Pod + Default> PrefixMap<V> {
         }
         // 3. Remove what went away.
         for net in current.keys() {
-            if !wanted.contains(net) {
+            if !wanted_set.contains(net) {
                 self.trie
                     .remove(&lpm_key(net))
                     .map_err(|source| PrefixError::Map {
@@ -152,7 +153,8 @@ impl<V: aya::Pod + Default> PrefixMap<V> {
         self.write_filter(&filter_words(wanted.iter().copied()))
     }
 
-    fn write_filter(&mut self, words: &[u64]) -> Result<(), PrefixError> {
+    /// Writes the filter words that differ from `words`.
+    pub fn write_filter(&mut self, words: &[u64]) -> Result<(), PrefixError> {
         for (i, &w) in words.iter().enumerate() {
             let i = i as u32;
             let old = self.filter.get(&i, 0).map_err(|source| PrefixError::Map {

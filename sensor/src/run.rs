@@ -87,8 +87,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut ebpf = loader::load(&ProgramSettings::from_config(&config), Some(&pin_dir))?;
     let mut maps = Maps::take(&mut ebpf)?;
-    maps.fill(&config.client_allow(), &config.blocklist())?;
-    crate::blocklist::daemon::install_stored(&config, &mut maps.blocklist);
+    // The stored nightly list and the config's entries go in by difference, so a kept
+    // BLOCKLIST (keep_on_exit) keeps its hit counters across the restart.
+    maps.client_allow.replace_all(&config.client_allow())?;
+    if crate::blocklist::daemon::install_stored(&config, &mut maps.blocklist).is_none() {
+        maps.blocklist.replace_all(&config.blocklist())?;
+    }
     // Dropping `ebpf` on an error below detaches whatever was attached.
     loader::attach(
         &mut ebpf,

@@ -121,10 +121,7 @@ pub fn install_into(
         })
     };
 
-    write_filter(
-        map,
-        &filter_words(current.keys().chain(wanted.keys()).copied()),
-    )?;
+    map.write_filter(&filter_words(current.keys().chain(wanted.keys()).copied()))?;
     for (net, &expires) in &wanted {
         let key = lpm_key(net);
         match current.get(net) {
@@ -165,26 +162,9 @@ pub fn install_into(
             report.removed += 1;
         }
     }
-    write_filter(map, &filter_words(wanted.keys().copied()))?;
+    map.write_filter(&filter_words(wanted.keys().copied()))?;
     report.total = wanted.len();
     Ok(report)
-}
-
-/// Writes the words that differ (the same rule as `PrefixMap::replace_all`).
-fn write_filter(map: &mut PrefixMap<BlockValue>, words: &[u64]) -> Result<(), KernelError> {
-    let err = |e: aya::maps::MapError| {
-        KernelError::Prefix(PrefixError::Map {
-            map: map_names::BLOCK_FILTER,
-            source: e,
-        })
-    };
-    for (i, &w) in words.iter().enumerate() {
-        let i = i as u32;
-        if map.filter.get(&i, 0).map_err(err)? != w {
-            map.filter.set(i, w, 0).map_err(err)?;
-        }
-    }
-    Ok(())
 }
 
 /// The entries of a running sensor's `BLOCKLIST`, sorted by network.

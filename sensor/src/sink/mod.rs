@@ -14,9 +14,12 @@ pub enum SinkError {
     Start { sink: &'static str, message: String },
 }
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::sync::mpsc;
@@ -53,5 +56,39 @@ impl Fanout {
             }
         }
         self
+    }
+}
+
+/// A sink's final outcomes other than delivered, by (stage, reason): the labels of its
+/// `<sink>_dropped` metric. Reasons given by a server are capped, so a misbehaving one cannot
+/// grow the label set without bound.
+#[derive(Debug, Default)]
+pub(crate) struct Drops(Mutex<BTreeMap<(&'static str, String), u64>>);
+
+/// Distinct reasons kept before further ones are counted as `other`.
+pub(crate) const MAX_REASONS: usize = 64;
+
+impl Drops {
+    pub(crate) fn add(&self, stage: &'static str, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (stage, reason.to_owned());
+        if map.contains_key(&key) || map.len() < MAX_REASONS {
+            *map.entry(key).or_default() += n;
+        } else {
+            *map.entry((stage, "other".into())).or_default() += n;
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<((&'static str, String), u64)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().sum()
     }
 }

@@ -22,10 +22,10 @@
 //! osmem-server (OpenSearch API 3.x).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -232,40 +232,6 @@ impl ElasticSection {
     }
 }
 
-/// Final outcomes other than "indexed", by stage and reason (labels of
-/// `elasticsearch_dropped`). Server-given reasons are capped so a misbehaving server cannot
-/// grow the label set without bound.
-#[derive(Debug, Default)]
-pub(crate) struct Drops(Mutex<BTreeMap<(&'static str, String), u64>>);
-
-/// Distinct reasons kept before further ones are counted as `other`.
-const MAX_REASONS: usize = 64;
-
-impl Drops {
-    pub(crate) fn add(&self, stage: &'static str, reason: &str, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (stage, reason.to_owned());
-        if map.contains_key(&key) || map.len() < MAX_REASONS {
-            *map.entry(key).or_default() += n;
-        } else {
-            *map.entry((stage, "other".into())).or_default() += n;
-        }
-    }
-
-    fn snapshot(&self) -> Vec<((&'static str, String), u64)> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
-
-    fn total(&self) -> u64 {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().sum()
-    }
-}
-
 /// The sink's counters and gauges. Counters only grow; `in_flight` is every accepted event
 /// without a final outcome yet (queued, in a batch, or waiting for a retry).
 #[derive(Debug, Default)]
@@ -289,7 +255,7 @@ pub struct ElasticCounters {
     pub template_installed: AtomicBool,
     /// The last request reached a node and got an answer other than 5xx.
     pub server_up: AtomicBool,
-    pub(crate) dropped: Drops,
+    pub(crate) dropped: crate::sink::Drops,
 }
 
 impl ElasticCounters {

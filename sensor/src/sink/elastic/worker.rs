@@ -270,7 +270,8 @@ impl Worker {
         let c = &self.counters;
         c.dropped.add(stage, reason, n as u64);
         c.in_flight.fetch_sub(n as u64, Ordering::SeqCst);
-        if self.logged.len() < 2 * super::MAX_REASONS && self.logged.insert(reason.to_owned()) {
+        if self.logged.len() < 2 * crate::sink::MAX_REASONS && self.logged.insert(reason.to_owned())
+        {
             tracing::warn!(
                 stage,
                 reason,

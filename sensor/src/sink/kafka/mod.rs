@@ -25,7 +25,7 @@
 //! [`Encoder`]: crate::encode::Encoder
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -43,35 +43,6 @@ mod producer;
 pub mod spool;
 
 pub use config::{Acks, Compression, EventFilter, KafkaSection, SpoolSection};
-
-/// Final outcomes other than "delivered", by (stage, reason): the labels of `kafka_dropped`.
-/// librdkafka error codes are a closed set, but the map is capped anyway.
-#[derive(Debug, Default)]
-pub(crate) struct Drops(Mutex<BTreeMap<(&'static str, String), u64>>);
-
-const MAX_REASONS: usize = 64;
-
-impl Drops {
-    pub(crate) fn add(&self, stage: &'static str, reason: &str, n: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (stage, reason.to_owned());
-        if map.contains_key(&key) || map.len() < MAX_REASONS {
-            *map.entry(key).or_default() += n;
-        } else {
-            *map.entry((stage, "other".into())).or_default() += n;
-        }
-    }
-
-    fn snapshot(&self) -> Vec<((&'static str, String), u64)> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
-
-    fn total(&self) -> u64 {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().sum()
-    }
-}
 
 /// The sink's counters and gauges. Counters only grow.
 #[derive(Debug, Default)]
@@ -98,7 +69,7 @@ pub struct KafkaCounters {
     pub spool_errors: AtomicU64,
     /// Gauge: the last health check or delivery reached the brokers and found the topic.
     pub broker_up: AtomicBool,
-    pub(crate) dropped: Drops,
+    pub(crate) dropped: crate::sink::Drops,
 }
 
 impl KafkaCounters {
