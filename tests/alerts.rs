@@ -5,12 +5,7 @@
 //! Every wait here is for a condition (a message arriving, the stage shutting down), never a
 //! sleep standing in for one; the virtual sleeps in `spread_hits` only space the hits out.
 
-use std::{
-    io::Write,
-    path::Path,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use sensor::{
@@ -29,35 +24,7 @@ const WAIT: Duration = Duration::from_secs(3600);
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Everything logged by this test binary, at every level, `log` records included (reqwest logs
-/// through `log`): the canary test searches it.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = Arc::clone(&buf);
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(Arc::clone(&writer)))
-            .try_init()
-            .expect("the only global subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use sensor::testkit::logs::capture as logs;
 
 fn key_file(dir: &Path, key: &str) -> SecretSource {
     let path = dir.join(format!("key-{}", key.len()));

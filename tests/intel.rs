@@ -3,9 +3,8 @@
 
 use std::{
     collections::HashMap,
-    io::Write,
     net::{IpAddr, Ipv4Addr},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -33,28 +32,7 @@ use tokio::sync::mpsc;
 
 const CANARY: &str = "canary-key-7f3a9c1e";
 
-/// Every log line of this test binary, to look for the key in.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        struct W(&'static Mutex<Vec<u8>>);
-        impl Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || W(buf))
-            .try_init();
-        buf
-    })
-}
+use sensor::testkit::logs::capture as logs;
 
 #[derive(Default)]
 struct Hits(Mutex<Vec<(IpAddr, String, u64)>>);

@@ -92,3 +92,37 @@ impl Drops {
         map.values().sum()
     }
 }
+
+/// The counters every sink's intake touches.
+pub(crate) struct IntakeCounters<'a> {
+    pub events_in: &'a AtomicU64,
+    pub filtered_out: &'a AtomicU64,
+    pub in_flight: &'a AtomicU64,
+    pub dropped: &'a Drops,
+}
+
+/// A sink's `offer`: counts the event, drops what the sink does not keep (`wanted` false), and
+/// queues the rest without waiting; a full or closed queue is a counted drop (stage `queue`).
+/// `in_flight` is raised before the send, so the sink's task can never finish an event that
+/// is not yet counted in flight.
+pub(crate) fn intake(
+    event: &Enriched,
+    wanted: bool,
+    tx: &mpsc::Sender<Enriched>,
+    c: IntakeCounters<'_>,
+) {
+    c.events_in.fetch_add(1, Ordering::Relaxed);
+    if !wanted {
+        c.filtered_out.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    c.in_flight.fetch_add(1, Ordering::SeqCst);
+    if let Err(e) = tx.try_send(event.clone()) {
+        let reason = match e {
+            mpsc::error::TrySendError::Full(_) => "queue_full",
+            mpsc::error::TrySendError::Closed(_) => "closed",
+        };
+        c.dropped.add("queue", reason, 1);
+        c.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -202,21 +202,17 @@ impl KafkaSink {
     /// Queues an event without waiting; a full queue counts a drop.
     pub fn offer(&self, event: &Enriched) {
         let c = &self.counters;
-        c.events_in.fetch_add(1, Ordering::Relaxed);
-        if !self.filter.keeps(event.intel.as_ref().map(|a| a.verdict)) {
-            c.filtered_out.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        // Counted before the send, so the producer can never finish an event not yet in flight.
-        c.in_flight.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.tx.try_send(event.clone()) {
-            let reason = match e {
-                mpsc::error::TrySendError::Full(_) => "queue_full",
-                mpsc::error::TrySendError::Closed(_) => "closed",
-            };
-            c.dropped.add("queue", reason, 1);
-            c.in_flight.fetch_sub(1, Ordering::SeqCst);
-        }
+        super::intake(
+            event,
+            self.filter.keeps(event.intel.as_ref().map(|a| a.verdict)),
+            &self.tx,
+            super::IntakeCounters {
+                events_in: &c.events_in,
+                filtered_out: &c.filtered_out,
+                in_flight: &c.in_flight,
+                dropped: &c.dropped,
+            },
+        );
     }
 
     /// The counters, for tests and for the caller's own checks.
