@@ -395,7 +395,8 @@ impl Enricher {
 
     /// A verdict for a deferred name: a malicious one alerts for every client that asked.
     fn resolve_deferred(&self, st: &mut State, name: &str, a: &Arc<Assessment>) {
-        if a.verdict == Verdict::Unknown {
+        // Nearly always nothing is deferred: skip hashing the name on the hot path.
+        if a.verdict == Verdict::Unknown || st.deferred.is_empty() {
             return;
         }
         let Some(clients) = st.deferred.remove(name) else {
