@@ -31,7 +31,10 @@ impl Drop for InstanceLock {
 
 impl InstanceLock {
     fn acquire(name: &str) -> anyhow::Result<Self> {
-        let dir = Path::new("/run/dns-sensor");
+        // systemd's `RuntimeDirectory=` hands a non-root service its own directory through
+        // RUNTIME_DIRECTORY; /run itself is writable by root only.
+        let dir = runtime_dir();
+        let dir = dir.as_path();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{name}.lock"));
         let file = std::fs::OpenOptions::new()
@@ -50,6 +53,19 @@ impl InstanceLock {
         }
         Ok(Self { _file: file, path })
     }
+}
+
+/// Where the instance lock lives: `$RUNTIME_DIRECTORY` (the first one, if systemd gave several)
+/// or /run/dns-sensor.
+fn runtime_dir() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/run/dns-sensor"))
 }
 
 /// Removes the pins when dropped, on success and on every error path.
