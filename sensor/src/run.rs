@@ -2,7 +2,7 @@
 
 use std::{
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
 };
 
