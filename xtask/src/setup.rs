@@ -27,6 +27,10 @@ const TEST_PACKAGES: &[&str] = &[
     "tcpdump",
     "knot-dnsutils",
     "iproute2",
+    // tests/service.rs: the sensor's system calls against the unit's SystemCallFilter=, and
+    // systemd-analyze (verify, syscall-filter) without systemd as PID 1.
+    "strace",
+    "systemd",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
