@@ -6,6 +6,7 @@
 mod bench;
 mod build_ebpf;
 mod cmd;
+mod deb;
 mod osmem;
 mod run;
 mod setup;
@@ -56,6 +57,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Build the release sensor and its Debian package (cargo-deb, installed when missing);
+    /// print the .deb's path.
+    Deb,
     /// Install test dependencies and run `cargo test --workspace` (needs root).
     Test {
         /// First run `cargo clippy --workspace --all-targets -- -D warnings` and
@@ -93,6 +97,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Run { args } => run::run(&ws, args),
         Command::Bench { args } => bench::bench(&ws, args),
         Command::Test { lint, cargo_args } => test::test(&ws, lint, cargo_args),
+        Command::Deb => deb::deb(&ws),
     }
 }
 

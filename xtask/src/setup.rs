@@ -48,6 +48,8 @@ pub fn setup(test_deps: bool) -> Result<()> {
         bpffs()?;
         crate::osmem::install()?;
         crate::tansu::install()?;
+        // The package test builds the .deb with cargo-deb.
+        crate::deb::install()?;
     }
     Ok(())
 }
