@@ -822,3 +822,60 @@ fn names_of_every_length_are_copied_exactly() {
         }
     }
 }
+
+// Regression cases for what the kernel fuzz run (tests/kernel_fuzz.rs) found.
+
+#[test]
+fn ipv6_extension_header_cut_short_is_bad_ipv6() {
+    let mut h = Harness::new();
+    let seg = udp(1111, 53, &dns_query(9, "cut.example", 1));
+    for exts in [vec![Ext::hop_by_hop()], vec![Ext::fragment()]] {
+        let full = ether(
+            &[],
+            ETH_IPV6,
+            &ipv6(v6("2001:db8::10"), v6("2001:db8::53"), UDP, &exts, &seg),
+        );
+        // Two to seven of the header's eight bytes: the program read two, the rest is missing
+        // (was bad_l4, or fragment for a fragment header).
+        for len in 14 + 40 + 2..14 + 40 + 8 {
+            let run = h.run(&full[..len]);
+            assert_eq!(run.action, XDP_PASS);
+            assert_delta(&run, &[(Packets, 1), (Ipv6, 1), (BadIpv6, 1)]);
+        }
+    }
+}
+
+#[test]
+fn ipv6_fragment_header_ends_the_walk() {
+    let mut h = Harness::new();
+    // A non-first fragment whose next header is a routing header: its data is not a header
+    // (the frame ending there was bad_ipv6).
+    let mut f = ether(
+        &[],
+        ETH_IPV6,
+        &ipv6(
+            v6("2001:db8::10"),
+            v6("2001:db8::53"),
+            43,
+            &[Ext::fragment()],
+            &[],
+        ),
+    );
+    let frag = 14 + 40;
+    f[frag + 2..frag + 4].copy_from_slice(&(0x100u16 << 3).to_be_bytes());
+    let run = h.run(&f);
+    assert_eq!(run.action, XDP_PASS);
+    assert_delta(&run, &[(Packets, 1), (Ipv6, 1), (Fragment, 1)]);
+}
+
+#[test]
+fn tcp_options_cut_short_are_bad_l4() {
+    let mut h = Harness::new();
+    // Data offset 15 (a 60-byte header) with 24 bytes of it in the frame (was tcp_no_question).
+    let mut seg = tcp(4000, 53, &[]);
+    seg[12] = 15 << 4;
+    seg.extend_from_slice(&[1, 1, 1, 1]);
+    let run = h.run(&ip_frame(client4(), server4(), TCP, &seg));
+    assert_eq!(run.action, XDP_PASS);
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (BadL4, 1)]);
+}

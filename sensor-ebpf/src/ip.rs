@@ -134,6 +134,14 @@ pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
         next = e[0];
         l4_off += len;
         walked += 1;
+        // The whole header must be in the frame, not only the two bytes read.
+        if pkt.at::<0>(l4_off).is_none() {
+            return Err(Counter::BadIpv6);
+        }
+        // What follows a fragment header is the fragment's data, not more headers.
+        if fragment {
+            break;
+        }
     }
     if walked == MAX_IPV6_EXT_HEADERS && !fragment && is_ext(next) {
         return Err(Counter::Ipv6ExtLimit);

@@ -67,6 +67,10 @@ pub fn parse(pkt: &Packet, l3: &L3) -> Result<L4, Outcome> {
         return Err(Counter::BadL4);
     }
     let payload = l3.l4_off + doff * 4;
+    // The options too: a header cut short is malformed, not a segment without a question.
+    if pkt.at::<0>(payload).is_none() {
+        return Err(Counter::BadL4);
+    }
     // SYN, ACK, FIN, or a later segment of a stream: no length prefix + header here.
     if pkt.at::<14>(payload).is_none() {
         return Err(Counter::TcpNoQuestion);
