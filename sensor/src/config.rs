@@ -96,6 +96,22 @@ pub enum CaptureMode {
     Mirror,
 }
 
+/// What happens to the XDP attachment when the daemon dies without cleaning up (`kill -9`, a
+/// crash, the OOM killer).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnCrash {
+    /// The attachment belongs to the process and goes with it: traffic flows unfiltered and
+    /// unobserved until the sensor is back (a sensor must never be the reason the network stops).
+    #[default]
+    FailOpen,
+    /// The attachment is pinned on bpffs and outlives the process: the BLOCKLIST keeps dropping
+    /// (and counting), queries are no longer reported (the ring buffer fills, counted as
+    /// `ring_full`). The next start takes the pinned attachment over in place (one atomic
+    /// program swap, never two attachments and never a moment without one).
+    KeepBlocking,
+}
+
 /// `[capture]`: where and how the XDP program runs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -108,6 +124,8 @@ pub struct CaptureSection {
     /// Nanosecond event timestamps (`bpf_ktime_get_ns`) instead of the coarse clock (one
     /// scheduler tick). Costs a clock read per event, expensive on some virtual machines.
     pub precise_timestamps: bool,
+    /// What the attachment does when the daemon dies without cleaning up.
+    pub on_crash: OnCrash,
 }
 
 impl Default for CaptureSection {
@@ -118,6 +136,7 @@ impl Default for CaptureSection {
             mode: CaptureMode::Inline,
             dns_ports: vec![53],
             precise_timestamps: false,
+            on_crash: OnCrash::FailOpen,
         }
     }
 }

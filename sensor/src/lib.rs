@@ -14,6 +14,7 @@ pub mod encode;
 pub mod enrich;
 pub mod intel;
 pub mod inventory;
+pub mod kernel_lists;
 pub mod loader;
 pub mod metrics;
 pub mod output;

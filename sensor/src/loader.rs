@@ -8,7 +8,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{Xdp, XdpMode},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use ipnet::IpNet;
 use sensor_common::{
@@ -232,31 +236,162 @@ pub fn interface_indexes(names: &[String]) -> Result<HashMap<u32, String>, LoadE
     Ok(out)
 }
 
-/// Attaches the program to each interface. The links are owned by the program: dropping the
-/// `Ebpf` (or the process dying) detaches them, so the kernel never keeps running a program
-/// nobody reads (fail open).
+/// Name of the pin of the attachment on `interface` (keep-blocking mode).
+pub fn link_pin_name(interface: &str) -> String {
+    format!("{LINK_PIN_PREFIX}{interface}")
+}
+
+const LINK_PIN_PREFIX: &str = "link_";
+
+/// The program's attachments, owned outside the `Ebpf` so their fate is explicit: closed on a
+/// clean exit or an error (detached), left pinned by a crash in keep-blocking mode.
+pub struct Attachments {
+    links: Vec<Attached>,
+}
+
+struct Attached {
+    interface: String,
+    /// The pin keeping the attachment alive past this process (keep-blocking).
+    pin: Option<PathBuf>,
+    link: FdLink,
+}
+
+impl Attachments {
+    /// Link and program ids per interface, for logs and tests.
+    pub fn describe(&self) -> Vec<(String, Option<u32>, Option<u32>)> {
+        self.links
+            .iter()
+            .map(|a| {
+                let info = a.link.info().ok();
+                (
+                    a.interface.clone(),
+                    info.as_ref().map(|i| i.id()),
+                    info.as_ref().map(|i| i.program_id()),
+                )
+            })
+            .collect()
+    }
+
+    /// Detaches everything: removes the pins, then closes the links.
+    pub fn detach(mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
+        for a in self.links.drain(..) {
+            if let Some(pin) = &a.pin {
+                let _ = std::fs::remove_file(pin);
+            }
+            tracing::debug!(interface = %a.interface, "detached");
+            drop(a.link);
+        }
+    }
+}
+
+impl Drop for Attachments {
+    /// An error path or a panic unwinding detaches too: only a process that dies without
+    /// running destructors leaves a (pinned) attachment behind.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Attaches the program to each interface through a BPF link.
+///
+/// A link pinned by a previous run that crashed in keep-blocking mode is taken over in place:
+/// `BPF_LINK_UPDATE` swaps the program atomically, so there is never a second attachment nor a
+/// moment without one. With `keep_pinned` the links are pinned in `pin_dir` and outlive a crash;
+/// without it they go with the process (fail open), and a pin found from an earlier run is
+/// removed once the link is ours.
 pub fn attach(
     ebpf: &mut Ebpf,
     interfaces: &[String],
     mode: XdpAttachMode,
-) -> Result<(), LoadError> {
+    pin_dir: &Path,
+    keep_pinned: bool,
+) -> Result<Attachments, LoadError> {
     let xdp_mode = match mode {
         XdpAttachMode::Auto => XdpMode::Default,
         XdpAttachMode::Native => XdpMode::Driver,
         XdpAttachMode::Skb => XdpMode::Skb,
     };
     let prog = program(ebpf);
+    let mut out = Attachments { links: Vec::new() };
     for name in interfaces {
-        let idx = nix::net::if_::if_nametoindex(name.as_str())
-            .map_err(|_| LoadError::UnknownInterface(name.clone()))?;
-        prog.attach_to_if_index(idx, xdp_mode)
-            .map_err(|e| LoadError::Attach {
-                interface: name.clone(),
-                mode,
-                reason: error_chain(&e),
-            })?;
+        let attach_err = |reason: String| LoadError::Attach {
+            interface: name.clone(),
+            mode,
+            reason,
+        };
+        let pin_path = pin_dir.join(link_pin_name(name));
+        let id = match take_over(prog, &pin_path) {
+            Some(id) => id,
+            None => {
+                let idx = nix::net::if_::if_nametoindex(name.as_str())
+                    .map_err(|_| LoadError::UnknownInterface(name.clone()))?;
+                prog.attach_to_if_index(idx, xdp_mode)
+                    .map_err(|e| attach_err(error_chain(&e)))?
+            }
+        };
+        let link = prog
+            .take_link(id)
+            .map_err(|e| attach_err(error_chain(&e)))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            attach_err(format!(
+                "the kernel attached through netlink, not a BPF link (kernel older than 5.9?): {}",
+                error_chain(&e)
+            ))
+        })?;
+        let (link, pin) = if keep_pinned {
+            let link = if pin_path.exists() {
+                link // taken over: already pinned there
+            } else {
+                FdLink::from(
+                    link.pin(&pin_path)
+                        .map_err(|e| attach_err(format!("pinning the link: {e}")))?,
+                )
+            };
+            (link, Some(pin_path))
+        } else {
+            match std::fs::remove_file(&pin_path) {
+                Ok(()) => {
+                    tracing::info!(interface = %name, "fail-open: unpinned the attachment of an earlier run")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(attach_err(format!("removing {}: {e}", pin_path.display()))),
+            }
+            (link, None)
+        };
+        out.links.push(Attached {
+            interface: name.clone(),
+            pin,
+            link,
+        });
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Swaps this program into the link pinned at `path`, if there is one that still works.
+/// A pin whose link is defunct (its interface went away) is removed.
+fn take_over(prog: &mut Xdp, path: &Path) -> Option<aya::programs::xdp::XdpLinkId> {
+    if !path.exists() {
+        return None;
+    }
+    let swapped = PinnedLink::from_pin(path)
+        .map_err(|e| error_chain(&e))
+        .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| error_chain(&e)))
+        .and_then(|l| prog.attach_to_link(l).map_err(|e| error_chain(&e)));
+    match swapped {
+        Ok(id) => {
+            tracing::info!(pin = %path.display(), "took over the attachment left by an earlier run (program swapped in place)");
+            Some(id)
+        }
+        Err(reason) => {
+            tracing::warn!(pin = %path.display(), %reason, "the pinned attachment of an earlier run is unusable; removing it and attaching anew");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
 }
 
 /// Formats an error and its sources on one line.
@@ -272,7 +407,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Creates the pin directory (mounting bpffs first when needed) and removes stale pins from a
-/// sensor of the same name that did not exit cleanly, except `keep`.
+/// sensor of the same name that did not exit cleanly, except the maps in `keep`. Pinned
+/// attachments (keep-blocking) are left for [`attach`] to take over; use
+/// [`remove_stale_links`] for those of interfaces no longer configured.
 pub fn prepare_pin_dir(dir: &Path, keep: &[&str]) -> Result<(), LoadError> {
     crate::bpffs::ensure_mounted(dir.parent().unwrap_or(dir)).map_err(LoadError::Bpffs)?;
     std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
@@ -293,6 +430,33 @@ pub fn prepare_pin_dir(dir: &Path, keep: &[&str]) -> Result<(), LoadError> {
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Removes pinned attachments of an earlier run on interfaces not in `interfaces`: removing
+/// the pin detaches them (nothing else holds them), so a sensor moved to other interfaces does
+/// not leave its old ones filtering.
+pub fn remove_stale_links(dir: &Path, interfaces: &[String]) -> Result<(), LoadError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(iface) = name.to_str().and_then(|n| n.strip_prefix(LINK_PIN_PREFIX)) else {
+            continue;
+        };
+        if interfaces.iter().any(|i| i == iface) {
+            continue;
+        }
+        std::fs::remove_file(entry.path()).map_err(|source| LoadError::PinDir {
+            path: entry.path(),
+            source,
+        })?;
+        tracing::info!(
+            interface = iface,
+            "removed the pinned attachment of an interface no longer configured"
+        );
     }
     Ok(())
 }

@@ -98,6 +98,7 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, interface } => {
+            let config_path = config.clone();
             let mut config = load_config(config.as_ref())?;
             if !interface.is_empty() {
                 config.capture.interfaces = interface;
@@ -106,7 +107,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(sensor::run::run(config))
+            rt.block_on(sensor::run::run(config, config_path))
         }
         Command::Stats { config, json } => {
             let config = load_config(config.as_ref())?;

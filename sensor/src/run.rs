@@ -1,16 +1,12 @@
 //! `sensor run`: load, fill, attach, read, write; detach and clean up on SIGINT/SIGTERM.
 
-use std::{
-    os::fd::AsRawFd,
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{os::fd::AsRawFd, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
-    config::Config,
+    config::{Config, OnCrash},
     loader::{self, BLOCKLIST_MAPS, Maps, ProgramSettings},
     output, reader,
 };
@@ -80,7 +76,9 @@ impl Drop for PinGuard {
     }
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the sensor until SIGINT/SIGTERM. `config_file` is where `config` came from: SIGHUP
+/// re-reads its kernel lists (none for the embedded defaults).
+pub async fn run(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     if config.capture.interfaces.is_empty() {
         anyhow::bail!(
             "config key `capture.interfaces`: no interface to attach to (set it or pass --interface)"
@@ -89,13 +87,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let interfaces = loader::interface_indexes(&config.capture.interfaces)?;
     crate::privileges::check()?;
     let _lock = InstanceLock::acquire(&config.sensor.name)?;
+    let keep_blocking = config.capture.on_crash == OnCrash::KeepBlocking;
     let keep: &'static [&'static str] = if config.blocklist.keep_on_exit {
         &BLOCKLIST_MAPS
     } else {
         &[]
     };
     let pin_dir = config.pin_dir();
-    loader::prepare_pin_dir(&pin_dir, keep)?;
+    // In keep-blocking mode the BLOCKLIST of a crashed run is still in use by its pinned
+    // attachment: reuse it (entries and hit counters), so the swap below changes nothing for it.
+    loader::prepare_pin_dir(&pin_dir, if keep_blocking { &BLOCKLIST_MAPS } else { keep })?;
+    loader::remove_stale_links(&pin_dir, &config.capture.interfaces)?;
     let _pins = PinGuard {
         dir: pin_dir.clone(),
         keep,
@@ -104,19 +106,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut ebpf = loader::load(&ProgramSettings::from_config(&config), Some(&pin_dir))?;
     let mut maps = Maps::take(&mut ebpf)?;
     // The stored nightly list and the config's entries go in by difference, so a kept
-    // BLOCKLIST (keep_on_exit) keeps its hit counters across the restart.
-    maps.client_allow.replace_all(&config.client_allow())?;
-    if crate::blocklist::daemon::install_stored(&config, &mut maps.blocklist).is_none() {
-        maps.blocklist.replace_all(&config.blocklist())?;
-    }
-    // Dropping `ebpf` on an error below detaches whatever was attached.
-    loader::attach(
+    // BLOCKLIST (keep_on_exit, keep-blocking) keeps its hit counters across the restart.
+    crate::kernel_lists::install(&config, &mut maps.client_allow, &mut maps.blocklist)?;
+    // Dropping `attachments` (on an error below, or a panic) detaches.
+    let attachments = loader::attach(
         &mut ebpf,
         &config.capture.interfaces,
         config.capture.xdp_mode,
+        &pin_dir,
+        keep_blocking,
     )?;
     tracing::info!(
         interfaces = ?config.capture.interfaces,
+        links = ?attachments.describe(),
+        on_crash = ?config.capture.on_crash,
         mode = ?config.capture.mode,
         xdp_mode = ?config.capture.xdp_mode,
         pins = %pin_dir.display(),
@@ -127,6 +130,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let intel = crate::intel::setup::build(&config.trust, &config.intel)?;
     let mut reloaders = intel.reloaders.clone();
+    if let Some(file) = config_file {
+        reloaders.push(Arc::new(crate::kernel_lists::KernelLists::new(
+            file,
+            config.clone(),
+            maps.client_allow,
+            maps.blocklist,
+        )));
+    }
     let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
         config.alerts.load_inventory()?,
     ));
@@ -284,6 +295,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Detach first, then take what the program wrote before it stopped: nothing is left behind
     // in the ring buffer.
+    attachments.detach();
     drop(ebpf);
     let _ = stop_tx.send(true);
     let (mut ring, tx) = reading.await.context("reader task")??;

@@ -88,6 +88,25 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         entries: u32,
     },
+    /// The whole pipeline (namespace, tansu, osmem, fake ThreatBook and WeCom) at a steady
+    /// query rate: memory growth after the warm-up, counter conservation, drops.
+    Soak {
+        /// Queries per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u32,
+        /// Measured seconds (after the warm-up).
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+        /// Warm-up seconds before the memory baseline.
+        #[arg(long, default_value_t = 300)]
+        warmup_seconds: u64,
+        /// Distinct query names (one in a hundred malicious).
+        #[arg(long, default_value_t = 5_000)]
+        names: usize,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60)]
+        sample_seconds: u64,
+    },
     /// Events/s produced to a local tansu broker through the Kafka sink, the sink pinned to one
     /// CPU (tansu from `cargo xtask setup --test-deps`).
     Kafka {
@@ -116,6 +135,25 @@ fn main() -> anyhow::Result<()> {
         } => intel(events, trusted, slow_events, names, latency_ms),
         Cmd::BlocklistInstall { entries } => blocklist_install(entries),
         Cmd::Kafka { events, cpu } => kafka(events, cpu),
+        Cmd::Soak {
+            rate,
+            seconds,
+            warmup_seconds,
+            names,
+            sample_seconds,
+        } => {
+            let opts = sensor::testkit::soak::SoakOptions {
+                rate,
+                duration: std::time::Duration::from_secs(seconds),
+                warmup: std::time::Duration::from_secs(warmup_seconds),
+                names,
+                sample: std::time::Duration::from_secs(sample_seconds),
+                sensor: sensor::testkit::soak::sensor_beside_me(),
+            };
+            sensor::testkit::soak::run(&opts)
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!(e))
+        }
         Cmd::BlocklistCollect {
             documents,
             distinct,

@@ -70,6 +70,35 @@ impl Daemon {
         }
     }
 
+    /// Kills the sensor with SIGKILL (no cleanup of any kind runs) and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL the sensor");
+        let status = child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status}"
+        );
+    }
+
+    /// Sends `signal` to the running sensor.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal the sensor");
+    }
+
+    /// The complete JSON lines written so far (a line still being written is left out).
+    pub fn lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete.lines().map(str::to_owned).collect()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }

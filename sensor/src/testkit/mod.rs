@@ -13,4 +13,6 @@ pub mod osmem;
 pub mod packet;
 pub mod pcap;
 pub mod responder;
+pub mod soak;
 pub mod tansu;
+pub mod traffic;
