@@ -15,7 +15,7 @@ use sensor::{
     loader::{self, Maps, ProgramSettings},
     testkit::packet::*,
 };
-use sensor_common::{Counter, Counters, Transport};
+use sensor_common::{Counter, Counters, Transport, event};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -29,6 +29,8 @@ struct Harness {
 struct Run {
     action: u32,
     events: Vec<Query>,
+    /// Length of each event's ring buffer record.
+    record_lens: Vec<usize>,
     /// Counters that changed, with how much.
     delta: Vec<(Counter, u64)>,
 }
@@ -73,7 +75,9 @@ impl Harness {
         let t1 = mono_ns();
         let after = self.maps.counters().expect("counters");
         let mut events = Vec::new();
+        let mut record_lens = Vec::new();
         while let Some(item) = self.maps.events.next() {
+            record_lens.push(item.len());
             let ev = decode::record(&item).expect("record size");
             let q = Query::from_event(&ev).expect("record decodes");
             // The default coarse clock lags the precise one by up to a scheduler tick (<= 10 ms).
@@ -92,6 +96,7 @@ impl Harness {
         Run {
             action: r.return_value,
             events,
+            record_lens,
             delta,
         }
     }
@@ -773,7 +778,8 @@ fn every_packet_ends_in_exactly_one_outcome() {
 }
 
 /// The QNAME copy is exact for every wire length (1..=255), whether the packet ends right after
-/// QCLASS or carries more bytes (an EDNS OPT record, as most resolvers send).
+/// QCLASS or carries more bytes (an EDNS OPT record, as most resolvers send), and the record is
+/// a short one (128 bytes) for names below 64 bytes and a full `Event` (320) from 64 on.
 #[test]
 fn names_of_every_length_are_copied_exactly() {
     let mut h = Harness::new();
@@ -817,6 +823,16 @@ fn names_of_every_length_are_copied_exactly() {
             assert_eq!(run.events.len(), 1, "{total} bytes, {trailing} trailing");
             assert_eq!(
                 run.events[0].name, name,
+                "{total} bytes, {trailing} trailing"
+            );
+            let want_len = if total < event::SHORT_QNAME_LEN {
+                event::SHORT_RECORD_LEN
+            } else {
+                size_of::<sensor_common::Event>()
+            };
+            assert_eq!(
+                run.record_lens,
+                [want_len],
                 "{total} bytes, {trailing} trailing"
             );
         }

@@ -23,6 +23,15 @@ pub enum Transport {
 /// enum read from kernel memory could hold an invalid discriminant.
 /// `qname` holds the QNAME in wire format (length-prefixed labels, ending with the root label),
 /// `qname_len` bytes of it are valid (1..=255); the rest is unspecified.
+///
+/// **Records are variable-length.** A ring buffer record is the first `L` bytes of an `Event`,
+/// where `L` is a multiple of 8 and [`record_len`]`(qname_len) <= L <= 320`
+/// ([`is_record_len`]): the [`HEADER_LEN`]-byte header always, then at least the valid QNAME
+/// bytes. The XDP program sends [`SHORT_RECORD_LEN`] bytes for a name shorter than
+/// [`SHORT_QNAME_LEN`] (nearly every real name) and the whole `Event` otherwise:
+/// a short record keeps the ring's cache lines per query down (BENCHMARKS.md, issue 2). Bytes
+/// of the record after `qname_len` are unspecified, and a reader treats the bytes past the
+/// record's end as absent (zero).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
@@ -54,9 +63,38 @@ pub struct Event {
     pub qname: [u8; 256],
 }
 
+/// Bytes of an [`Event`] before `qname`: the part every record holds.
+pub const HEADER_LEN: usize = 64;
+
+/// The shortest record that holds a QNAME of `qname_len` bytes: the header and the name,
+/// rounded up to 8 bytes (72..=320 for `qname_len` in 1..=255).
+#[inline(always)]
+pub const fn record_len(qname_len: usize) -> usize {
+    (HEADER_LEN + qname_len + 7) & !7
+}
+
+/// Whether a record of `len` bytes whose header says `qname_len` is well formed (see
+/// [`Event`]): a multiple of 8, holding the header and the whole name, no longer than an
+/// `Event`.
+#[inline(always)]
+pub const fn is_record_len(len: usize, qname_len: usize) -> bool {
+    len.is_multiple_of(8) && len >= record_len(qname_len) && len <= core::mem::size_of::<Event>()
+}
+
+/// Length of the short records the XDP program sends for names shorter than
+/// [`SHORT_QNAME_LEN`] bytes.
+pub const SHORT_RECORD_LEN: usize = 128;
+/// Longest QNAME (wire bytes) a short record holds.
+pub const SHORT_QNAME_LEN: usize = SHORT_RECORD_LEN - HEADER_LEN;
+
 const _: () = assert!(core::mem::size_of::<Event>() == 320);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
-const _: () = assert!(core::mem::offset_of!(Event, qname) == 64);
+const _: () = assert!(core::mem::offset_of!(Event, qname) == HEADER_LEN);
+const _: () = assert!(core::mem::offset_of!(Event, qname_len) == 60);
+const _: () = assert!(record_len(crate::MAX_NAME_LEN) == core::mem::size_of::<Event>());
+const _: () = assert!(record_len(1) == 72);
+const _: () = assert!(is_record_len(SHORT_RECORD_LEN, SHORT_QNAME_LEN));
+const _: () = assert!(!is_record_len(SHORT_RECORD_LEN, SHORT_QNAME_LEN + 1));
 
 #[cfg(feature = "user")]
 // SAFETY: Event is repr(C), has no implicit padding (size pinned above), and every bit pattern

@@ -15,6 +15,7 @@ use aya_ebpf::{
 use sensor_common::{
     AllowValue, BLOCKLIST_CAPACITY, BlockValue, CLIENT_ALLOW_CAPACITY, Counter, Counters, Event,
     LpmAddr, MODE_MIRROR, PREFIX_FILTER_WORDS, RING_BYTES,
+    event::{HEADER_LEN, SHORT_QNAME_LEN, SHORT_RECORD_LEN},
 };
 
 use crate::{Outcome, cursor::Packet, dns, ethernet, ip, transport};
@@ -38,30 +39,25 @@ static BLOCK_FILTER: Array<u64, { PREFIX_FILTER_WORDS as usize }> = Array::new()
 #[btf_map]
 static ALLOW_FILTER: Array<u64, { PREFIX_FILTER_WORDS as usize }> = Array::new();
 
-/// What the DNS stage and the record need from the header stages, passed through memory on
-/// purpose: every header path (VLANs, IPv4 options, IPv6 extension headers, UDP/TCP) reaches the
-/// QNAME walk with different exact offsets and constants, and the verifier would walk the
-/// 127-iteration label loop once per path (over its 1M-instruction limit). Read back from a map
-/// (volatile, so LLVM keeps nothing in registers across the walk), the values are plain
-/// scalars and all paths share one verifier state. The header words are stored in the record's
-/// own layout, so the record takes them with five 8-byte copies.
+/// The record's header, and what the DNS stage needs from the header stages.
+///
+/// The stages write the record's header fields straight into `ev` (its first
+/// [`HEADER_LEN`] bytes; `ev.qname` is not used), and the record takes them with eight 8-byte
+/// copies once it is reserved. They are passed through memory on purpose: every header path
+/// (VLANs, IPv4 options, IPv6 extension headers, UDP/TCP) reaches the QNAME walk with different
+/// exact offsets and constants, and the verifier would walk the 127-iteration label loop once
+/// per path (over its 1M-instruction limit). Read back from a map (volatile, so LLVM keeps
+/// nothing in registers across the walk), the values are plain scalars and all paths share one
+/// verifier state.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Scratch {
-    /// Bytes 8..48 of the [`Event`]: ifindex, VLAN ids, source and destination address.
-    head: [u64; 5],
-    /// Source and destination port as loaded (network order, source first in memory).
-    ports: u32,
+    ev: Event,
     /// Offset of the DNS header in the packet.
     dns_off: u32,
-    /// 4 or 6.
-    family: u32,
-    /// IP protocol number.
-    proto: u32,
-    /// `bpf_jiffies64()` when `clock_ns` was read.
+    _pad: u32,
+    /// `bpf_jiffies64()` when `ev.ts_mono_ns` was last read from the coarse clock.
     clock_jiffies: u64,
-    /// `bpf_ktime_get_coarse_ns()` read during jiffy `clock_jiffies`.
-    clock_ns: u64,
 }
 
 const _: () = assert!(core::mem::offset_of!(Event, ifindex) == 8);
@@ -189,38 +185,48 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     let (vlan_outer, vlan_inner) = ethernet::vlan_ids(&pkt, l2.l3_off);
     // SAFETY: `scratch` is this CPU's slot of a one-slot per-CPU array, valid for the run and
     // not shared with other CPUs (XDP runs without preemption). Everything read back below is
-    // read with volatile loads, so the values really go through memory.
+    // read with volatile loads, so the values really go through memory. Bytes 8..48 of the
+    // record are five aligned u64s (offsets pinned above); every field is plain data.
+    let ev = unsafe { core::ptr::addr_of_mut!((*scratch).ev) };
     unsafe {
-        (*scratch).head = [
+        let words = ev.cast::<u64>();
+        words.add(1).write(
             u64::from(ctx.ingress_ifindex() as u32)
                 | (u64::from(vlan_outer) << 32)
                 | (u64::from(vlan_inner) << 48),
-            src_lo,
-            src_hi,
-            dst_lo,
-            dst_hi,
-        ];
-        (*scratch).ports = l4.ports;
+        );
+        words.add(2).write(src_lo);
+        words.add(3).write(src_hi);
+        words.add(4).write(dst_lo);
+        words.add(5).write(dst_hi);
+        (*ev).src_port = u16::from_be(l4.ports as u16);
+        (*ev).dst_port = u16::from_be((l4.ports >> 16) as u16);
+        (*ev).family = l3.family;
+        (*ev).transport = l4.proto;
         (*scratch).dns_off = l4.dns_off as u32;
-        (*scratch).family = u32::from(l3.family);
-        (*scratch).proto = u32::from(l4.proto);
     }
-    // SAFETY (all `vol` reads): fields of this CPU's scratch slot, written above.
-    let vol = |p: *const u32| unsafe { core::ptr::read_volatile(p) };
+    /// A volatile read of a field of this CPU's scratch slot.
+    #[inline(always)]
+    fn vol<T: Copy>(p: *const T) -> T {
+        // SAFETY: every caller passes a field of this CPU's scratch slot, written above.
+        unsafe { core::ptr::read_volatile(p) }
+    }
     let dns_off = vol(unsafe { core::ptr::addr_of!((*scratch).dns_off) }) as usize;
     // Larger offsets are refused, and the mask bounds the value for the verifier whatever
     // order LLVM puts the check and the loads in.
     if dns_off > MAX_OFFSET {
         return Err(Counter::DnsTruncated);
     }
-    let tcp = vol(unsafe { core::ptr::addr_of!((*scratch).proto) }) == u32::from(ip::IPPROTO_TCP);
+    let tcp = vol(unsafe { core::ptr::addr_of!((*ev).transport) }) == ip::IPPROTO_TCP;
     let q = dns::parse(&pkt, dns_off & MAX_OFFSET, tcp)?;
     bump(counters, Counter::DnsQueries);
 
     // SAFETY: as above.
-    let head = |i: usize| unsafe { core::ptr::read_volatile(&(*scratch).head[i]) };
-    let family = vol(unsafe { core::ptr::addr_of!((*scratch).family) });
-    let (src_lo, src_hi) = (head(1), head(2));
+    let family = vol(unsafe { core::ptr::addr_of!((*ev).family) });
+    let (src_lo, src_hi) = unsafe {
+        let words = ev.cast::<u64>();
+        (vol(words.add(2)), vol(words.add(3)))
+    };
     let bucket = sensor_common::bucket_of_first_word(
         family == 4,
         u32::from_be(src_lo as u32),
@@ -239,39 +245,72 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         }
     }
 
-    let Some(mut entry) = EVENTS.reserve(0) else {
-        return Err(Counter::RingFull);
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points to a reserved, exclusively owned ring buffer record of
-    // size_of::<Event>() bytes, 8-byte aligned. Every field is plain data, so assigning through
-    // the raw pointer (no drop of the uninitialised old value) is sound; bytes 8..48 are five
-    // aligned u64s (offsets pinned above).
+    let name_len = q.name_len & 0xff;
+    // SAFETY: `ev` is the header in this CPU's scratch slot (see above).
     unsafe {
         // SAFETY (read_volatile): a plain read of a static the loader sets.
-        (*ev).ts_mono_ns = if core::ptr::read_volatile(&PRECISE_TIMESTAMPS) != 0 {
-            bpf_ktime_get_ns()
+        if core::ptr::read_volatile(&PRECISE_TIMESTAMPS) != 0 {
+            (*ev).ts_mono_ns = bpf_ktime_get_ns();
         } else {
-            coarse_ns(scratch)
-        };
-        let words = ev.cast::<u64>();
-        let mut i = 0;
-        while i < 5 {
-            words.add(1 + i).write(head(i));
-            i += 1;
+            coarse_ns(scratch);
         }
-        let ports = vol(core::ptr::addr_of!((*scratch).ports));
-        (*ev).src_port = u16::from_be(ports as u16);
-        (*ev).dst_port = u16::from_be((ports >> 16) as u16);
         (*ev).dns_id = q.id;
         (*ev).qtype = q.qtype;
         (*ev).qclass = q.qclass;
-        (*ev).family = family as u8;
-        (*ev).transport = vol(core::ptr::addr_of!((*scratch).proto)) as u8;
-        (*ev).qname_len = q.name_len as u16;
+        (*ev).qname_len = name_len as u16;
         (*ev)._pad = [0; 2];
     }
-    copy_name(ctx, q.name_off, q.name_len, ev);
+    // A record is only as long as its class needs (see `Event`): fewer ring cache lines for
+    // nearly every name. Each class is its own reservation: the verifier wants a constant size.
+    if name_len < SHORT_QNAME_LEN {
+        emit::<ShortRecord>(ctx, ev, q.name_off)
+    } else {
+        emit::<Event>(ctx, ev, q.name_off)
+    }
+}
+
+/// A short record (see `Event`): the header and up to `SHORT_QNAME_LEN` name bytes.
+type ShortRecord = [u64; SHORT_RECORD_LEN / 8];
+
+/// Reserves a record of type `R` (an [`Event`] or a prefix of one whose QNAME room is a power
+/// of two larger than the name: the caller picks `R` by `qname_len`), fills it with the header
+/// from `ev` and the QNAME (`qname_len` bytes at `name_off` in the packet), and submits it.
+#[inline(always)]
+fn emit<R: 'static>(
+    ctx: &XdpContext,
+    ev: *const Event,
+    name_off: usize,
+) -> Result<Outcome, Outcome> {
+    let room = core::mem::size_of::<R>() - HEADER_LEN;
+    const { assert!((core::mem::size_of::<R>() - HEADER_LEN).is_power_of_two()) };
+    // The name's length read back from memory and masked to the record's room: the mask is a
+    // no-op (the caller chose R by this length), but LLVM cannot know that of a volatile read,
+    // so it stays, and it is what bounds the copy for the verifier. A mask on the caller's value
+    // would be folded away by LLVM, which knows the branch it is on.
+    // SAFETY: `ev` is the header in this CPU's scratch slot (see `process`).
+    let name_len =
+        usize::from(unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ev).qname_len)) })
+            & (room - 1);
+    let Some(mut entry) = EVENTS.reserve_untyped::<R>(0) else {
+        return Err(Counter::RingFull);
+    };
+    let rec = entry.as_mut_ptr().cast::<u64>();
+    // SAFETY: `rec` points to a reserved, exclusively owned, 8-byte aligned ring buffer record
+    // of size_of::<R>() >= HEADER_LEN bytes; `ev` is the header in this CPU's scratch slot
+    // (see `process`), read with volatile loads so the values go through memory.
+    unsafe {
+        let head = ev.cast::<u64>();
+        let mut i = 0;
+        while i < HEADER_LEN / 8 {
+            rec.add(i).write(core::ptr::read_volatile(head.add(i)));
+            i += 1;
+        }
+    }
+    // SAFETY: the record has `room` bytes after the header and `name_len < room`, a power of
+    // two, so `name_len` rounded up to 8 fits.
+    copy_name(ctx, name_off, name_len, unsafe {
+        rec.cast::<u8>().add(HEADER_LEN)
+    });
     // No wakeup: userspace drains on a short timer instead. A wakeup per record (the default
     // when the reader has caught up) costs an irq_work and a reader wakeup per query, which
     // measured at several microseconds per query on a live veth (BENCHMARKS.md).
@@ -279,52 +318,49 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     Ok(Counter::Events)
 }
 
-/// The coarse clock, read once per jiffy per CPU. The coarse clock only moves at a tick, so
-/// within one jiffy every read returns the same value; `bpf_jiffies64` is inlined by the
-/// verifier (two instructions), while `bpf_ktime_get_coarse_ns` is a helper call of about
-/// 10 ns here (three returns through the SRSO return thunk). The kernel advances jiffies just
-/// before the timekeeper, so a read in that window keeps the previous tick's time for the rest
-/// of the jiffy: at most one more tick of lag than the coarse clock itself.
+/// Stamps the record in `scratch` with the coarse clock, read once per jiffy per CPU. The
+/// coarse clock only moves at a tick, so within one jiffy every read returns the same value;
+/// the record's `ts_mono_ns` still holds the value read in jiffy `clock_jiffies` (nothing else
+/// writes it while timestamps are coarse). `bpf_jiffies64` is inlined by the verifier (two
+/// instructions), while `bpf_ktime_get_coarse_ns` is a helper call of about 10 ns here (three
+/// returns through the SRSO return thunk). The kernel advances jiffies just before the
+/// timekeeper, so a read in that window keeps the previous tick's time for the rest of the
+/// jiffy: at most one more tick of lag than the coarse clock itself.
 #[inline(always)]
-fn coarse_ns(scratch: *mut Scratch) -> u64 {
+fn coarse_ns(scratch: *mut Scratch) {
     // SAFETY: `scratch` is this CPU's slot of SCRATCH (see `process`); XDP runs without
     // preemption, so nothing else touches it during the run.
     unsafe {
         let j = bpf_jiffies64();
-        if (*scratch).clock_jiffies == j {
-            (*scratch).clock_ns
-        } else {
-            let ns = bpf_ktime_get_coarse_ns();
+        if (*scratch).clock_jiffies != j {
+            (*scratch).ev.ts_mono_ns = bpf_ktime_get_coarse_ns();
             (*scratch).clock_jiffies = j;
-            (*scratch).clock_ns = ns;
-            ns
         }
     }
 }
 
 /// Copies the QNAME (`len` bytes at `off`, 1..=255, known to be inside the packet and followed
-/// by the four bytes of QTYPE and QCLASS) into the record, eight bytes at a time.
+/// by the four bytes of QTYPE and QCLASS) to `dst`, eight bytes at a time.
 /// `bpf_xdp_load_bytes` did the same in one call but cost about 60 ns per event here
 /// (BENCHMARKS.md). Because QTYPE and QCLASS follow the name, an 8-byte load is inside the
 /// packet while at least four name bytes are left, and a 4-byte load covers the last one to
-/// three; what lands past `len` in the record is unspecified by its contract. The packet checks
+/// three; what lands past `len` is unspecified by the record's contract. The packet checks
 /// never fail; the verifier needs them.
+///
+/// `dst` must be 8-byte aligned with room for `len` rounded up to 8 bytes: in the loop
+/// `i + 4 <= len` and `i` is a multiple of 8, so the 8-byte store ends at `len + 4` rounded
+/// down to 8 at most; after it `i < len`, so the 4-byte store ends at `i + 4 <= len + 3`, also
+/// within `len` rounded up to 8. (For `len <= 64`, everything stays in 64 bytes; for
+/// `len <= 255`, in 256.)
 #[inline(always)]
-fn copy_name(ctx: &XdpContext, off: usize, len: usize, ev: *mut Event) {
+fn copy_name(ctx: &XdpContext, off: usize, len: usize, dst: *mut u8) {
     let pkt = Packet::opaque(ctx);
-    // SAFETY (for the pointer arithmetic below): `ev` is a reserved record; `qname` holds 256
-    // bytes. In the loop `i + 4 <= len <= 255` and `i` is a multiple of 8, so `i <= 248` and
-    // the 8-byte store ends inside `qname`; after it `i < len`, so the 4-byte store ends at
-    // 252 at most. The record is 8-byte aligned and `qname` starts at offset 64: the stores
-    // are aligned.
-    let dst = unsafe { core::ptr::addr_of_mut!((*ev).qname).cast::<u8>() };
-    let len = len & 0xff;
     let mut i = 0usize;
     while i + 4 <= len {
         let Some(chunk) = pkt.load::<u64>(off + i) else {
             return;
         };
-        // SAFETY: see above.
+        // SAFETY: see above; aligned because `dst` is and `i` is a multiple of 8.
         unsafe { dst.add(i).cast::<u64>().write(chunk) };
         i += 8;
     }
