@@ -94,6 +94,7 @@ fn the_package_installs_verifies_and_purges() {
             "--no-build",
             "--profile",
             "dev",
+            "--strip",
             "--fast",
             "--quiet",
             "--output",

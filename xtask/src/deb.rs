@@ -48,8 +48,19 @@ pub fn deb(ws: &Path) -> Result<()> {
     cmd::run(
         Command::new("cargo")
             .current_dir(ws)
-            .args(["deb", "--package", "sensor", "--locked", "--output"])
-            .arg(&dir),
+            // --strip: the release profile keeps line tables for profiling (debug = 1), which
+            // would ship a 140 MB binary.
+            .args([
+                "deb",
+                "--package",
+                "sensor",
+                "--locked",
+                "--strip",
+                "--output",
+            ])
+            .arg(&dir)
+            // cargo-deb prints the path too; stdout stays the one line printed below.
+            .stdout(std::io::stderr()),
     )?;
     // cargo-deb names it <package>_<version>-<revision>_<arch>.deb; the newest is this build's.
     let newest = std::fs::read_dir(&dir)
