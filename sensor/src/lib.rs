@@ -6,6 +6,7 @@
 pub mod alert;
 pub mod blocklist;
 pub mod bpffs;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod decode;

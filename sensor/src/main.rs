@@ -36,8 +36,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate a config file without touching the kernel.
-    CheckConfig { file: PathBuf },
+    /// Validate a config file without touching the kernel: parse it, then check what a start
+    /// would need (interfaces, list files, inventory, secrets) and report every problem.
+    CheckConfig {
+        file: PathBuf,
+        /// Do not require the capture interfaces to exist here (checking a file for another
+        /// host).
+        #[arg(long)]
+        no_interfaces: bool,
+    },
     /// The nightly blocklist.
     Blocklist {
         #[command(subcommand)]
@@ -78,14 +85,22 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // check-config reports its findings itself; the loaders' own log lines (written for a
+    // running daemon, e.g. "the previous list stays in force") would only confuse it.
+    let default_filter = if matches!(cli.command, Command::CheckConfig { .. }) {
+        "error"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    match real_main(Cli::parse()) {
+    match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, with the causes: what an operator reads in a journal.
@@ -163,10 +178,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report.json())?);
             Ok(())
         }
-        Command::CheckConfig { file } => {
-            Config::from_file(&file)?;
-            println!("{}: ok", file.display());
-            Ok(())
+        Command::CheckConfig {
+            file,
+            no_interfaces,
+        } => {
+            let config = Config::from_file(&file)?;
+            let problems = sensor::check::check(&config, !no_interfaces);
+            if problems.is_empty() {
+                println!("{}: ok", file.display());
+                return Ok(());
+            }
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            anyhow::bail!(
+                "{}: {} problem(s); the sensor would not start with this config",
+                file.display(),
+                problems.len()
+            )
         }
     }
 }
