@@ -7,6 +7,7 @@ pub mod fake_threatbook;
 pub mod fake_wecom;
 pub mod fault_proxy;
 pub mod intel_bench;
+pub mod kernel_fuzz;
 pub mod logs;
 pub mod netns;
 pub mod osmem;
