@@ -102,6 +102,8 @@ fn is_ext(next: u8) -> bool {
     )
 }
 
+/// The fixed IPv6 header. The extension headers are walked by [`walk_ext`], after the
+/// blocklist: a blocklisted source is dropped whatever its chain.
 #[inline(always)]
 pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
     if pkt.at::<40>(off).is_none() {
@@ -112,8 +114,23 @@ pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
         return Err(Counter::BadIpv6);
     }
     let src0 = pkt.load::<u32>(off + 8).ok_or(Counter::BadIpv6)?;
-    let mut next = pkt.load::<u8>(off + 6).ok_or(Counter::BadIpv6)?;
-    let mut l4_off = off + 40;
+    let next = pkt.load::<u8>(off + 6).ok_or(Counter::BadIpv6)?;
+    Ok(L3 {
+        bucket: sensor_common::bucket_of_first_word(false, u32::from_be(src0), 0),
+        off,
+        family: 6,
+        proto: next,
+        l4_off: off + 40,
+        fragment: false,
+    })
+}
+
+/// Walks the extension headers after an IPv6 header: sets the transport protocol, its offset
+/// and the fragment flag.
+#[inline(always)]
+pub fn walk_ext(pkt: &Packet, l3: &mut L3) -> Result<(), Outcome> {
+    let mut next = l3.proto;
+    let mut l4_off = l3.l4_off;
     let mut fragment = false;
     let mut walked = 0;
     // Constant bound: the verifier proves termination; a longer chain is counted and passed.
@@ -146,12 +163,8 @@ pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
     if walked == MAX_IPV6_EXT_HEADERS && !fragment && is_ext(next) {
         return Err(Counter::Ipv6ExtLimit);
     }
-    Ok(L3 {
-        bucket: sensor_common::bucket_of_first_word(false, u32::from_be(src0), 0),
-        off,
-        family: 6,
-        proto: next,
-        l4_off,
-        fragment,
-    })
+    l3.proto = next;
+    l3.l4_off = l4_off;
+    l3.fragment = fragment;
+    Ok(())
 }

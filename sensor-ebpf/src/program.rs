@@ -150,7 +150,7 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     if l2.l3_off > 14 {
         bump(counters, Counter::Vlan);
     }
-    let l3 = if l2.proto == ethernet::ETH_P_IP {
+    let mut l3 = if l2.proto == ethernet::ETH_P_IP {
         bump(counters, Counter::Ipv4);
         ip::parse_v4(&pkt, l2.l3_off)?
     } else {
@@ -172,6 +172,10 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
             };
             return Ok(Counter::Blocked);
         }
+    }
+    // After the blocklist: a blocklisted source is dropped whatever its extension headers.
+    if l3.family == 6 {
+        ip::walk_ext(&pkt, &mut l3)?;
     }
     if l3.fragment {
         return Err(Counter::Fragment);

@@ -48,7 +48,21 @@ pub fn net_of_key(key: &Key<LpmAddr>) -> IpNet {
 pub fn filter_words(nets: impl IntoIterator<Item = IpNet>) -> Vec<u64> {
     let mut words = vec![0u64; PREFIX_FILTER_WORDS as usize];
     let half = words.len() / 2;
+    // An IPv6 packet from `::ffff:a.b.c.d` is looked up in the trie under that address, where
+    // IPv4 entries live, but its bucket is the IPv6 one of its first word (0). Every entry that
+    // can match a mapped address sets that bucket too, or such a packet would skip the lookup
+    // and escape the blocklist (found by the kernel parser fuzzing).
+    let mapped_source_bucket = sensor_common::bucket_of_first_word(false, 0, 0);
+    let mapped = ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(ipv4_mapped([0; 4])), 96)
+        .expect("valid");
     for net in nets {
+        let can_match_mapped = match net {
+            IpNet::V4(_) => true,
+            IpNet::V6(n) => mapped.contains(&n) || n.contains(&mapped),
+        };
+        if can_match_mapped {
+            set_bit(&mut words, mapped_source_bucket);
+        }
         match net {
             IpNet::V4(n) if n.prefix_len() >= 16 => set_bit(&mut words, bucket_of(&lpm_key(&net))),
             IpNet::V4(n) => {
@@ -67,8 +81,6 @@ pub fn filter_words(nets: impl IntoIterator<Item = IpNet>) -> Vec<u64> {
                     words[half..].fill(u64::MAX);
                 }
                 // ::ffff:0:0/96 and anything containing it also matches IPv4 sources.
-                let mapped = ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(ipv4_mapped([0; 4])), 96)
-                    .expect("valid");
                 if n.contains(&mapped) {
                     words[..half].fill(u64::MAX);
                 } else if mapped.contains(&n) {
@@ -183,6 +195,16 @@ mod tests {
         let key = lpm_key(&IpNet::from(ip));
         let b = bucket_of(&key);
         words[(b / 64) as usize] >> (b % 64) & 1 == 1
+    }
+
+    #[test]
+    fn an_ipv6_packet_from_a_mapped_address_is_looked_up_for_ipv4_entries() {
+        let bucket = sensor_common::bucket_of_first_word(false, 0, 0);
+        let set = |w: &[u64]| w[(bucket / 64) as usize] >> (bucket % 64) & 1 == 1;
+        for entry in ["203.0.113.0/24", "10.0.0.0/8", "::ffff:198.51.100.0/120", "::/0"] {
+            assert!(set(&filter_words([entry.parse().unwrap()])), "{entry}");
+        }
+        assert!(!set(&filter_words(["2001:db8::/32".parse().unwrap()])));
     }
 
     #[test]

@@ -312,7 +312,7 @@ urls = ["{search}"]
             "t={t:>5}s sent={sent} kernel_events={} kafka_delivered={} elastic_indexed={} rss={} KiB{}",
             get(&s, "dns_sensor_kernel_events_total"),
             get(&s, "dns_sensor_kafka_delivered_total"),
-            get(&s, "dns_sensor_elastic_indexed_total"),
+            get(&s, "dns_sensor_elasticsearch_indexed_total"),
             rss,
             if baseline == Some(rss) && rss_samples.len() > 1 && t >= opts.warmup.as_secs() { " (baseline)" } else { "" }
         ));
@@ -338,7 +338,7 @@ urls = ["{search}"]
             && get(s, "dns_sensor_queue_depth{queue=\"reader_to_enrich\"}") == 0.0
             && get(s, "dns_sensor_queue_depth{queue=\"enrich_to_sinks\"}") == 0.0
             && get(s, "dns_sensor_kafka_in_flight") == 0.0
-            && get(s, "dns_sensor_elastic_in_flight") == 0.0
+            && get(s, "dns_sensor_elasticsearch_in_flight") == 0.0
     };
     wait_for("the sinks to settle", Duration::from_secs(120), || {
         scrape(&rt, metrics_port).is_ok_and(|s| settled(&s))
@@ -404,7 +404,7 @@ urls = ["{search}"]
         get(&end, "dns_sensor_reader_records_read_total"),
         get(&end, "dns_sensor_reader_written_total"),
         get(&end, "dns_sensor_kafka_delivered_total"),
-        get(&end, "dns_sensor_elastic_indexed_total"),
+        get(&end, "dns_sensor_elasticsearch_indexed_total"),
         get(&end, "dns_sensor_cache_lookups_total"),
         end.iter()
             .filter(|(n, _)| n.starts_with("dns_sensor_intel_calls_total"))
@@ -437,7 +437,7 @@ urls = ["{search}"]
         get(&end, "dns_sensor_kafka_delivered_total") == events && high as f64 == events,
         format!("Kafka: delivered and in the broker = events ({high})"),
     );
-    let es_expected = get(&end, "dns_sensor_elastic_indexed_total");
+    let es_expected = get(&end, "dns_sensor_elasticsearch_indexed_total");
     report.check(
         es_expected > 0.0 && es_docs == es_expected,
         format!("Elasticsearch: every malicious hit indexed once ({es_docs} documents)"),
