@@ -53,8 +53,8 @@ pub fn filter_words(nets: impl IntoIterator<Item = IpNet>) -> Vec<u64> {
     // can match a mapped address sets that bucket too, or such a packet would skip the lookup
     // and escape the blocklist (found by the kernel parser fuzzing).
     let mapped_source_bucket = sensor_common::bucket_of_first_word(false, 0, 0);
-    let mapped = ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(ipv4_mapped([0; 4])), 96)
-        .expect("valid");
+    let mapped =
+        ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(ipv4_mapped([0; 4])), 96).expect("valid");
     for net in nets {
         let can_match_mapped = match net {
             IpNet::V4(_) => true,
@@ -201,7 +201,12 @@ mod tests {
     fn an_ipv6_packet_from_a_mapped_address_is_looked_up_for_ipv4_entries() {
         let bucket = sensor_common::bucket_of_first_word(false, 0, 0);
         let set = |w: &[u64]| w[(bucket / 64) as usize] >> (bucket % 64) & 1 == 1;
-        for entry in ["203.0.113.0/24", "10.0.0.0/8", "::ffff:198.51.100.0/120", "::/0"] {
+        for entry in [
+            "203.0.113.0/24",
+            "10.0.0.0/8",
+            "::ffff:198.51.100.0/120",
+            "::/0",
+        ] {
             assert!(set(&filter_words([entry.parse().unwrap()])), "{entry}");
         }
         assert!(!set(&filter_words(["2001:db8::/32".parse().unwrap()])));
