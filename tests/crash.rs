@@ -228,18 +228,26 @@ state_dir = "{dir}/state"
     fn attacker_net(&self) -> String {
         format!("{}/32", self.attacker)
     }
+
+    /// Starts the sensor with the client (1,000 queries/s) and the blocklisted attacker
+    /// (200/s) sending, and waits until both show: events written, blocklist hits counted.
+    fn start_under_traffic(&self) -> (Daemon, Flood, Flood) {
+        let daemon = self.start("run1");
+        let good = self.flood(self.client, 1000);
+        let bad = self.flood(self.attacker, 200);
+        wait_until("events and blocklist hits", Duration::from_secs(20), || {
+            events_from(&daemon.lines(), self.client) > 0
+                && hits(&self.config, &self.attacker_net()) > 0
+        });
+        (daemon, good, bad)
+    }
 }
 
 #[test]
 fn kill9_in_fail_open_mode_detaches_and_a_restart_attaches_once_with_the_same_blocklist() {
     let s = Setup::new("fail-open");
     let ifx = s.topo.host_if.as_str();
-    let mut daemon = s.start("run1");
-    let good = s.flood(s.client, 1000);
-    let bad = s.flood(s.attacker, 200);
-    wait_until("events and blocklist hits", Duration::from_secs(20), || {
-        events_from(&daemon.lines(), s.client) > 0 && hits(&s.config, &s.attacker_net()) > 0
-    });
+    let (mut daemon, good, bad) = s.start_under_traffic();
     let before: Vec<String> = blocklist(&s.config).into_iter().map(|(n, _)| n).collect();
     assert_eq!(before, vec![s.attacker_net()]);
     assert_eq!(xdp_links(ifx).len(), 1);
@@ -282,12 +290,7 @@ fn kill9_in_fail_open_mode_detaches_and_a_restart_attaches_once_with_the_same_bl
 fn kill9_in_keep_blocking_mode_keeps_dropping_and_a_restart_takes_the_attachment_over() {
     let s = Setup::new("keep-blocking");
     let ifx = s.topo.host_if.as_str();
-    let mut daemon = s.start("run1");
-    let good = s.flood(s.client, 1000);
-    let bad = s.flood(s.attacker, 200);
-    wait_until("events and blocklist hits", Duration::from_secs(20), || {
-        events_from(&daemon.lines(), s.client) > 0 && hits(&s.config, &s.attacker_net()) > 0
-    });
+    let (mut daemon, good, bad) = s.start_under_traffic();
     let links = xdp_links(ifx);
     assert_eq!(links.len(), 1, "{links:?}");
     let (link_id, prog_before) = links[0];
