@@ -48,6 +48,8 @@ mod webhook;
 pub mod wecom;
 
 use format::TimeFmt;
+/// For the fuzz targets (`testkit::fuzzing`), which check how answers are classified.
+pub(crate) use sink::SendError;
 use sink::{Failures, Sink, SinkQueue, Transport};
 use suppress::{Observed, Suppressor};
 

@@ -56,6 +56,30 @@ struct Answer {
     errmsg: String,
 }
 
+/// Reads the body of a 2xx answer: the body decides, never the status alone (see the module
+/// documentation). `scrub` removes the key from text taken from the answer.
+pub(crate) fn read_answer(body: &[u8], scrub: impl Fn(&str) -> String) -> Result<(), SendError> {
+    // serde's message quotes the offending value, which may be text from the answer.
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| SendError::Final {
+        reason: "protocol".into(),
+        detail: scrub(&format!("answer is not the documented JSON: {e}")),
+    })?;
+    match answer.errcode {
+        0 => Ok(()),
+        ERRCODE_THROTTLED => Err(SendError::Throttled {
+            reason: format!("errcode_{ERRCODE_THROTTLED}"),
+        }),
+        ERRCODE_BUSY => Err(SendError::Retriable {
+            reason: format!("errcode_{ERRCODE_BUSY}"),
+            detail: scrub(&answer.errmsg),
+        }),
+        code => Err(SendError::Final {
+            reason: format!("errcode_{code}"),
+            detail: scrub(&answer.errmsg),
+        }),
+    }
+}
+
 impl WeComClient {
     pub(crate) fn new(base_url: &str, key: Secret, timeout: Duration) -> Result<Self, String> {
         let endpoint =
@@ -98,24 +122,7 @@ impl WeComClient {
             .bytes()
             .await
             .map_err(|e| self.scrubbed(SendError::from_reqwest(e)))?;
-        let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| SendError::Final {
-            reason: "protocol".into(),
-            detail: format!("answer is not the documented JSON: {e}"),
-        })?;
-        match answer.errcode {
-            0 => Ok(()),
-            ERRCODE_THROTTLED => Err(SendError::Throttled {
-                reason: format!("errcode_{ERRCODE_THROTTLED}"),
-            }),
-            ERRCODE_BUSY => Err(SendError::Retriable {
-                reason: format!("errcode_{ERRCODE_BUSY}"),
-                detail: self.scrub(&answer.errmsg),
-            }),
-            code => Err(SendError::Final {
-                reason: format!("errcode_{code}"),
-                detail: self.scrub(&answer.errmsg),
-            }),
-        }
+        read_answer(&bytes, |text| self.scrub(text))
     }
 
     fn scrubbed(&self, e: SendError) -> SendError {
@@ -130,5 +137,46 @@ impl WeComClient {
             },
             t => t,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa";
+
+    fn read(body: &str) -> Result<(), SendError> {
+        read_answer(body.as_bytes(), |t| t.replace(KEY, "***"))
+    }
+
+    #[test]
+    fn the_body_decides() {
+        assert!(read(r#"{"errcode":0,"errmsg":"ok"}"#).is_ok());
+        assert!(matches!(
+            read(r#"{"errcode":45009,"errmsg":"api freq out of limit"}"#),
+            Err(SendError::Throttled { reason }) if reason == "errcode_45009"
+        ));
+        assert!(matches!(
+            read(r#"{"errcode":-1,"errmsg":"system busy"}"#),
+            Err(SendError::Retriable { reason, .. }) if reason == "errcode_-1"
+        ));
+        assert!(matches!(
+            read(&format!(r#"{{"errcode":93000,"errmsg":"invalid webhook url {KEY}"}}"#)),
+            Err(SendError::Final { reason, detail })
+                if reason == "errcode_93000" && detail == "invalid webhook url ***"
+        ));
+    }
+
+    /// Found by the `http_answers` fuzz target: serde quotes a value of the wrong type in its
+    /// message, and a value holding the key put the key into the error's detail.
+    #[test]
+    fn a_malformed_answer_does_not_leak_the_key() {
+        let Err(SendError::Final { reason, detail }) = read(&format!(r#"{{"errcode":"{KEY}"}}"#))
+        else {
+            panic!("a malformed answer is final");
+        };
+        assert_eq!(reason, "protocol");
+        assert!(detail.contains("***") && !detail.contains(KEY), "{detail}");
     }
 }

@@ -303,38 +303,55 @@ impl Reader {
                     }
                     Err(e) => return Err(e),
                 };
-                out.pages += 1;
-                let agg = &page["aggregations"]["ips"];
-                let buckets = agg["buckets"].as_array().cloned().unwrap_or_default();
-                for b in &buckets {
-                    let n = b["doc_count"].as_u64().unwrap_or(0);
-                    out.alerts += n;
-                    let key = &b["key"]["ip"];
-                    let ip = key.as_str().and_then(|s| s.trim().parse::<IpAddr>().ok());
-                    let Some(ip) = ip else {
-                        out.unparsable += n;
-                        continue;
-                    };
-                    let first = millis(&b["first"]["value"]).unwrap_or(from);
-                    let last = millis(&b["last"]["value"]).unwrap_or(first);
-                    let e = out.ips.entry(ip).or_insert_with(|| SeenIp {
-                        alerts: 0,
-                        devices: BTreeSet::new(),
-                        first,
-                        last,
-                    });
-                    e.alerts += n;
-                    e.devices.insert(src.device.clone());
-                    e.first = e.first.min(first);
-                    e.last = e.last.max(last);
-                }
-                match agg.get("after_key") {
-                    Some(a) if !a.is_null() && !buckets.is_empty() => after = Some(a.clone()),
-                    _ => break,
+                match read_page(&page, &src.device, from, &mut out) {
+                    Some(a) => after = Some(a),
+                    None => break,
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// Adds one page of the composite aggregation (an answer from the server) to `out`; returns the
+/// `after_key` to ask for the next page, or `None` after the last.
+pub(crate) fn read_page(
+    page: &Value,
+    device: &str,
+    from: OffsetDateTime,
+    out: &mut Collected,
+) -> Option<Value> {
+    out.pages += 1;
+    let agg = &page["aggregations"]["ips"];
+    let buckets = agg["buckets"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for b in buckets {
+        let n = b["doc_count"].as_u64().unwrap_or(0);
+        out.alerts += n;
+        let key = &b["key"]["ip"];
+        let ip = key.as_str().and_then(|s| s.trim().parse::<IpAddr>().ok());
+        let Some(ip) = ip else {
+            out.unparsable += n;
+            continue;
+        };
+        let first = millis(&b["first"]["value"]).unwrap_or(from);
+        let last = millis(&b["last"]["value"]).unwrap_or(first);
+        let e = out.ips.entry(ip).or_insert_with(|| SeenIp {
+            alerts: 0,
+            devices: BTreeSet::new(),
+            first,
+            last,
+        });
+        e.alerts += n;
+        e.devices.insert(device.to_owned());
+        e.first = e.first.min(first);
+        e.last = e.last.max(last);
+    }
+    match agg.get("after_key") {
+        Some(a) if !a.is_null() && !buckets.is_empty() => Some(a.clone()),
+        _ => None,
     }
 }
 

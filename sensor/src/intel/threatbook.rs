@@ -598,7 +598,7 @@ fn short(msg: &str) -> String {
 
 /// Decides from `response_code` (not the HTTP status) when the body is a ThreatBook envelope;
 /// otherwise from the HTTP status. Returns the `data` of a usable answer (`Null`: no data).
-fn classify(status: StatusCode, body: &[u8]) -> Result<Data, LookupError> {
+pub(crate) fn classify(status: StatusCode, body: &[u8]) -> Result<Data, LookupError> {
     let envelope: Envelope = match serde_json::from_slice(body) {
         Ok(e) => e,
         Err(err) => {
@@ -655,7 +655,10 @@ fn is_empty_data(data: &Data) -> bool {
 }
 
 /// Maps the `/v3/scene/dns` data to findings for the names asked about.
-fn parse_domains(data: &Data, asked: &HashSet<&str>) -> Result<Answers<String>, LookupError> {
+pub(crate) fn parse_domains(
+    data: &Data,
+    asked: &HashSet<&str>,
+) -> Result<Answers<String>, LookupError> {
     if is_empty_data(data) {
         return Ok(Answers::new());
     }
@@ -676,7 +679,10 @@ fn parse_domains(data: &Data, asked: &HashSet<&str>) -> Result<Answers<String>, 
 }
 
 /// Maps the `/v3/scene/ip_reputation` data (`data.<ip>`) to findings for the IPs asked about.
-fn parse_ips(data: &Data, asked: &HashSet<IpAddr>) -> Result<Answers<IpAddr>, LookupError> {
+pub(crate) fn parse_ips(
+    data: &Data,
+    asked: &HashSet<IpAddr>,
+) -> Result<Answers<IpAddr>, LookupError> {
     if is_empty_data(data) {
         return Ok(Answers::new());
     }

@@ -44,6 +44,9 @@ pub mod document;
 pub mod template;
 mod worker;
 
+/// For the fuzz targets (`testkit::fuzzing`).
+pub(crate) use worker::{BulkAnswer, read_bulk_answer};
+
 /// Which events the sink writes.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]

@@ -170,16 +170,47 @@ struct ItemWrap {
     create: ItemResult,
 }
 
-#[derive(Deserialize)]
-struct ItemResult {
-    status: u16,
-    error: Option<ItemError>,
+/// One item's outcome in a bulk answer.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ItemResult {
+    pub(crate) status: u16,
+    pub(crate) error: Option<ItemError>,
 }
 
-#[derive(Deserialize)]
-struct ItemError {
+#[derive(Debug, Deserialize)]
+pub(crate) struct ItemError {
     #[serde(rename = "type")]
-    kind: String,
+    pub(crate) kind: String,
+}
+
+/// What a 2xx `_bulk` answer says about the items sent.
+#[derive(Debug)]
+pub(crate) enum BulkAnswer {
+    /// `"errors": false`: every item is indexed.
+    AllIndexed,
+    /// One result per item sent, in order.
+    Items(Vec<ItemResult>),
+    /// Not a bulk answer, or not one result per item: why.
+    Unreadable(String),
+}
+
+/// Reads a 2xx `_bulk` answer to `sent` items.
+pub(crate) fn read_bulk_answer(answer: &[u8], sent: usize) -> BulkAnswer {
+    match serde_json::from_slice::<BulkHead>(answer) {
+        Ok(head) if !head.errors => return BulkAnswer::AllIndexed,
+        Ok(_) => {}
+        Err(e) => return BulkAnswer::Unreadable(e.to_string()),
+    }
+    match serde_json::from_slice::<BulkResponse>(answer) {
+        Ok(r) if r.items.len() == sent => {
+            BulkAnswer::Items(r.items.into_iter().map(|w| w.create).collect())
+        }
+        Ok(r) => BulkAnswer::Unreadable(format!(
+            "the answer has {} items for {sent} sent",
+            r.items.len()
+        )),
+        Err(e) => BulkAnswer::Unreadable(e.to_string()),
+    }
 }
 
 fn retriable(status: u16) -> bool {
@@ -503,39 +534,23 @@ impl Worker {
     /// the answer cannot be read (sending again is safe: `create` refuses a copy).
     fn outcomes(&mut self, pending: Vec<Item>, answer: &[u8]) -> Result<Vec<Item>, Vec<Item>> {
         let c = &self.counters;
-        match serde_json::from_slice::<BulkHead>(answer) {
-            Ok(head) if !head.errors => {
+        let items = match read_bulk_answer(answer, pending.len()) {
+            BulkAnswer::AllIndexed => {
                 c.indexed.fetch_add(pending.len() as u64, Ordering::Relaxed);
                 c.in_flight
                     .fetch_sub(pending.len() as u64, Ordering::SeqCst);
                 return Ok(Vec::new());
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "elasticsearch: unreadable bulk answer; retrying");
-                return Err(pending);
-            }
-        }
-        let items = match serde_json::from_slice::<BulkResponse>(answer) {
-            Ok(r) if r.items.len() == pending.len() => r.items,
-            Ok(r) => {
-                tracing::warn!(
-                    sent = pending.len(),
-                    answered = r.items.len(),
-                    "elasticsearch: bulk answer has the wrong number of items; retrying"
-                );
-                return Err(pending);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "elasticsearch: unreadable bulk answer; retrying");
+            BulkAnswer::Items(items) => items,
+            BulkAnswer::Unreadable(why) => {
+                tracing::warn!(error = %why, "elasticsearch: unreadable bulk answer; retrying");
                 return Err(pending);
             }
         };
         let mut again = Vec::new();
         let (mut indexed, mut already) = (0u64, 0u64);
         let mut failed: Vec<String> = Vec::new();
-        for (item, wrap) in pending.into_iter().zip(items) {
-            let r = wrap.create;
+        for (item, r) in pending.into_iter().zip(items) {
             match r.status {
                 200 | 201 => indexed += 1,
                 409 => already += 1,
