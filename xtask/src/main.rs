@@ -7,6 +7,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod deb;
+mod fuzz;
 mod osmem;
 mod run;
 mod setup;
@@ -60,6 +61,8 @@ enum Command {
     /// Build the release sensor and its Debian package (cargo-deb, installed when missing);
     /// print the .deb's path.
     Deb,
+    /// Run the cargo-fuzz targets of fuzz/ one after the other (installs cargo-fuzz if missing).
+    Fuzz(fuzz::Args),
     /// Install test dependencies and run `cargo test --workspace` (needs root).
     Test {
         /// First run `cargo clippy --workspace --all-targets -- -D warnings` and
@@ -97,6 +100,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Run { args } => run::run(&ws, args),
         Command::Bench { args } => bench::bench(&ws, args),
         Command::Test { lint, cargo_args } => test::test(&ws, lint, cargo_args),
+        Command::Fuzz(args) => fuzz::fuzz(&ws, args),
         Command::Deb => deb::deb(&ws),
     }
 }

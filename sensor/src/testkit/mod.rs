@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fake_threatbook;
 pub mod fake_wecom;
 pub mod fault_proxy;
+pub mod fuzzing;
 pub mod intel_bench;
 pub mod kernel_fuzz;
 pub mod logs;
