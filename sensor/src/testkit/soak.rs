@@ -364,7 +364,10 @@ urls = ["{search}"]
         .fetch_watermarks(TOPIC, 0, Duration::from_secs(10))
         .map_err(|e| format!("watermarks: {e}"))?;
     // Count what the broker holds by reading it all back, rather than trusting one broker's
-    // idea of a watermark: from the first offset until nothing more comes for 10 s.
+    // idea of a watermark: from the first offset until every event is there, or nothing more
+    // comes for 60 s (a deep fetch from a broker holding millions of messages can take seconds;
+    // a 10 s limit once ended the read-back of an hour's run early).
+    let expected = get(&end, "dns_sensor_kernel_events_total") as u64;
     let mut assignment = rdkafka::TopicPartitionList::new();
     assignment
         .add_partition_offset(TOPIC, 0, rdkafka::Offset::Beginning)
@@ -372,10 +375,17 @@ urls = ["{search}"]
     consumer.assign(&assignment).map_err(|e| e.to_string())?;
     let mut in_broker: u64 = 0;
     let mut last_offset = -1;
-    while let Some(m) = consumer.poll(Duration::from_secs(10)) {
+    while in_broker < expected {
+        let Some(m) = consumer.poll(Duration::from_secs(60)) else {
+            break;
+        };
         let m = m.map_err(|e| format!("reading back: {e}"))?;
         in_broker += 1;
         last_offset = rdkafka::Message::offset(&m);
+    }
+    // Nothing beyond what was sent.
+    if in_broker == expected && consumer.poll(Duration::from_secs(2)).is_some() {
+        in_broker += 1;
     }
     report.line(format!(
         "broker: {in_broker} messages read back (offsets {low}..={last_offset}, high watermark {high})"
