@@ -8,13 +8,10 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use sensor::{
-    alert::{AlertStats, Alerter, AlertsSection, HeaderSource, Hit, WeComSink, WebhookSink},
-    intel::{Assessment, Confidence, Finding, Severity, Verdict},
-    inventory::Inventory,
-    secret::SecretSource,
-    testkit::fake_wecom::{FakeWeCom, Received},
-};
+use sensor_outputs::alert::{AlertStats, Alerter, AlertsSection, HeaderSource, Hit, WeComSink, WebhookSink};
+use sensor_model::{verdict::{Assessment, Confidence, Finding, Severity, Verdict}, secret::SecretSource};
+use sensor_intel::inventory::Inventory;
+use sensor_testkit::fake_wecom::{FakeWeCom, Received};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
@@ -24,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(3600);
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-use sensor::testkit::logs::capture as logs;
+use sensor_testkit::logs::capture as logs;
 
 fn key_file(dir: &Path, key: &str) -> SecretSource {
     let path = dir.join(format!("key-{}", key.len()));

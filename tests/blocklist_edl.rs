@@ -5,7 +5,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, header};
-use sensor::blocklist::edl::{self, EdlList, EdlSection};
+use sensor_blocklist::{edl, edl::{EdlList, EdlSection}};
 
 struct Server {
     url: String,
@@ -24,7 +24,7 @@ impl Server {
             path: dir.path().join("edl.txt"),
             listen: "127.0.0.1:0".into(),
             basic_auth_user: "paloalto".into(),
-            basic_auth_password: sensor::secret::SecretSource {
+            basic_auth_password: sensor_model::secret::SecretSource {
                 env: None,
                 file: Some(pw),
             },
@@ -231,7 +231,7 @@ async fn clients_outside_the_allowed_list_get_403_even_with_credentials() {
 async fn served_over_tls() {
     let s = Server::start(|sec, dir| {
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        sensor::testkit::netns::sh(
+        sensor_testkit::netns::sh(
             "openssl",
             &[
                 "req",

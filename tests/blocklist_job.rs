@@ -5,15 +5,11 @@
 
 use std::{net::IpAddr, path::Path};
 
-use sensor::{
-    blocklist::job,
-    config::Config,
-    testkit::{
-        fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict},
-        fake_wecom::FakeWeCom,
-        osmem::{Client, Osmem},
-    },
-};
+use sensor_blocklist::job;
+
+use sensor::config::Config;
+
+use sensor_testkit::{fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict}, fake_wecom::FakeWeCom, osmem::{Client, Osmem}};
 use serde_json::{Value, json};
 use time::macros::{date, datetime};
 
@@ -198,7 +194,7 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     let hook = FakeWeCom::start("unused").await;
     let cfg = config(dir.path(), &server.url(), tb.base_url(), &hook.json_url());
     let now = datetime!(2026-11-24 18:30 UTC); // 02:30 on the 25th in Shanghai
-    let report = job::run_once(&cfg, Some(date!(2026 - 11 - 23)), false, now, None)
+    let report = job::run_once(&cfg.job_context(), Some(date!(2026 - 11 - 23)), false, now, None)
         .await
         .expect("the job runs");
 
@@ -285,7 +281,7 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     );
     tb.set_mode(FakeMode::ResponseCode(-5));
     let later = now + time::Duration::days(4); // the cached verdicts for the clean IP expired
-    let err = job::run_once(&cfg, Some(date!(2026 - 11 - 23)), false, later, None)
+    let err = job::run_once(&cfg.job_context(), Some(date!(2026 - 11 - 23)), false, later, None)
         .await
         .expect_err("the provider is down");
     assert!(
@@ -305,7 +301,7 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     tb.set_mode(FakeMode::Normal);
     tb.clear_requests();
     let again = job::run_once(
-        &cfg,
+        &cfg.job_context(),
         Some(date!(2026 - 11 - 23)),
         false,
         now + time::Duration::hours(1),

@@ -3,6 +3,7 @@
 //! bpftool's dump, and a blocked source's packets dropped by a running sensor in a network
 //! namespace while others pass. Needs root, iproute2, dig and bpftool; fails without them.
 
+use common::sensor_bin;
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -18,24 +19,16 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use ipnet::IpNet;
-use sensor::{
-    blocklist::kernel::{self, InstallReport},
+use sensor_kernel::{
+    lists::{blocklist as kernel, blocklist::InstallReport},
     loader::{self, ProgramSettings},
-    testkit::{
-        daemon::Daemon,
-        netns::{Topology, sh, unique},
-        packet::udp_query_frame,
-        responder::Responder,
-    },
 };
+use sensor_testkit::{daemon::Daemon, netns::{Topology, sh, unique}, packet::udp_query_frame, responder::Responder};
 use serde_json::Value;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-fn sensor_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_sensor"))
-}
 
 /// A loaded (not attached) program whose maps are pinned under a unique directory, removed on
 /// drop, and a config naming that directory for `sensor blocklist show`.

@@ -4,6 +4,7 @@
 //! the same client, name and type, nothing is invented, and every other packet is accounted
 //! for by a kernel counter. Needs root, tcpreplay and tshark; fails without them.
 
+use common::sensor_bin;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -11,11 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor::testkit::{
-    daemon::{self, Daemon},
-    netns::{Topology, unique},
-    pcap,
-};
+use sensor_testkit::{daemon, pcap, daemon::Daemon, netns::{Topology, unique}};
 use sensor_common::Counter;
 use serde_json::Value;
 
@@ -96,7 +93,7 @@ fn tshark_queries(file: &Path) -> Vec<(String, String, u16)> {
 }
 
 fn stats(config: &Path) -> Value {
-    daemon::stats_json(Path::new(env!("CARGO_BIN_EXE_sensor")), config)
+    daemon::stats_json(sensor_bin(), config)
 }
 
 #[test]
@@ -108,7 +105,7 @@ fn corpus_replay_matches_tshark() {
         frames.extend(pcap::ethernet_frames(f));
         for (client, name, qtype) in tshark_queries(f) {
             *expected
-                .entry((client, name, sensor::decode::qtype_name(qtype)))
+                .entry((client, name, sensor_model::query::qtype_name(qtype)))
                 .or_default() += 1;
         }
     }
@@ -138,7 +135,7 @@ fn corpus_replay_matches_tshark() {
         ),
     )
     .unwrap();
-    let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_sensor")), &config, dir.path());
+    let mut daemon = Daemon::start(sensor_bin(), &config, dir.path());
     topo.exec(&[
         "tcpreplay",
         "-q",

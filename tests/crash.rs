@@ -3,6 +3,7 @@
 //! attached to a veth whose other end is in a namespace the test creates; steady query traffic
 //! from two clients while it happens. Needs root, iproute2, bpftool and dig.
 
+use common::sensor_bin;
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -10,17 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor::testkit::{
-    daemon::{Daemon, stats_json},
-    netns::{Topology, unique},
-    responder::Responder,
-    traffic::Flood,
-};
+use sensor_testkit::{daemon::{Daemon, stats_json}, netns::{Topology, unique}, responder::Responder, traffic::Flood};
 use serde_json::Value;
 
-fn sensor_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_sensor"))
-}
 
 /// Polls `cond` (every 20 ms) until it holds; panics with `what` after `timeout`.
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

@@ -17,18 +17,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use sensor::{
-    decode::Query,
-    enrich::Enriched,
-    intel::{Assessment, Confidence, Finding, Severity, Verdict},
-    inventory::Inventory,
-    secret::SecretSource,
-    sink::elastic::{ElasticCounters, ElasticSection, ElasticSink},
-    testkit::{
-        fault_proxy::{FaultProxy, ItemAction},
-        osmem::{self, Osmem},
-    },
-};
+use sensor_model::{query::Query, enriched::Enriched, verdict::{Assessment, Confidence, Finding, Severity, Verdict}, secret::SecretSource};
+use sensor_intel::inventory::Inventory;
+use sensor_outputs::sink::elastic::{ElasticCounters, ElasticSection, ElasticSink};
+use sensor_testkit::{osmem, fault_proxy::{FaultProxy, ItemAction}, osmem::Osmem};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "canary-pw-5f3a";
@@ -36,7 +28,7 @@ const PASSWORD: &str = "canary-pw-5f3a";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-use sensor::testkit::logs::capture as logs;
+use sensor_testkit::logs::capture as logs;
 
 fn mono_now() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();

@@ -1,6 +1,6 @@
 //! The fuzz targets' corpora as a regression test on stable: every file of
 //! `fuzz/corpus/<target>/` and `fuzz/artifacts/<target>/` (inputs that once failed, kept after
-//! the fix) goes through the target's body in `sensor::testkit::fuzzing`, the same function the
+//! the fix) goes through the target's body in `sensor_testkit::fuzzing`, the same function the
 //! `cargo fuzz` binary calls, without sanitizer or coverage instrumentation. Fast: no kernel, no
 //! network, no root.
 //!
@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sensor::testkit::fuzzing;
+use sensor_testkit::fuzzing;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")

@@ -9,30 +9,17 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use sensor::{
-    alert::{Alerter, AlertsSection},
-    decode::Query,
-    encode::Encoder,
-    enrich::{EnrichCounters, EnrichSettings, Enriched, Enricher, HitSink, TrustedEvents},
-    intel::setup::AlertHits,
-    intel::{
-        Assessment, Verdict,
-        batch::{Batcher, Limits},
-        cache::{CacheSection, Source, VerdictCache},
-        threatbook::{ThreatBook, ThreatBookSection},
-    },
-    inventory::Inventory,
-    secret::{Secret, SecretSource},
-    testkit::fake_threatbook::{FakeMode, FakeThreatBook, FakeVerdict},
-    testkit::fake_wecom::{FakeWeCom, Received},
-};
+use sensor_outputs::alert::{Alerter, AlertsSection, hits::AlertHits};
+use sensor_model::{query::Query, encode::Encoder, enriched::Enriched, verdict::{Assessment, Verdict}, secret::{Secret, SecretSource}};
+use sensor_intel::{enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents}, batch::{Batcher, Limits}, cache::{CacheSection, Source, VerdictCache}, threatbook::{ThreatBook, ThreatBookSection}, inventory::Inventory};
+use sensor_testkit::{fake_threatbook::{FakeMode, FakeThreatBook, FakeVerdict}, fake_wecom::{FakeWeCom, Received}};
 use sensor_common::Transport;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 const CANARY: &str = "canary-key-7f3a9c1e";
 
-use sensor::testkit::logs::capture as logs;
+use sensor_testkit::logs::capture as logs;
 
 #[derive(Default)]
 struct Hits(Mutex<Vec<(IpAddr, String, u64)>>);

@@ -1,8 +1,8 @@
 //! Differential fuzzing of the XDP program in the real kernel through BPF_PROG_TEST_RUN: ten
 //! million seeded frames (valid queries, mutations of them, random bytes), each checked against
-//! a userspace reference written from the specification (`sensor::testkit::kernel_fuzz`): the
+//! a userspace reference written from the specification (`sensor_testkit::kernel_fuzz`): the
 //! program never returns XDP_ABORTED, its action is the predicted one, it writes an event
-//! exactly when one is predicted and with the predicted fields (read through `sensor::decode`),
+//! exactly when one is predicted and with the predicted fields (read through `sensor_kernel::decode`),
 //! and the counters account for every packet (each adds one to `packets` and one to exactly
 //! the predicted outcome counter, so `packets` = `events` + `allowlisted` + `blocked` + ... as
 //! sensor-common defines it), as do the BLOCKLIST and CLIENT_ALLOW entries' hit counters.
@@ -24,19 +24,9 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use ipnet::IpNet;
-use sensor::{
-    config::CaptureMode,
-    decode,
-    loader::{self, Maps, ProgramSettings},
-    prefixes::{lpm_key, net_of_key},
-    testkit::{
-        kernel_fuzz::{
-            generator::{self, Generator, Kind},
-            reference::{self, ExpectedEvent, Finding, Prediction, Scope, Semantics, XDP_ABORTED},
-        },
-        packet::*,
-    },
-};
+use sensor_kernel::config::CaptureMode;
+use sensor_kernel::{decode, loader, loader::{Maps, ProgramSettings}, lists::{lpm_key, net_of_key}};
+use sensor_testkit::{kernel_fuzz::{generator, reference, generator::{Generator, Kind}, reference::{ExpectedEvent, Finding, Prediction, Scope, Semantics, XDP_ABORTED}}, packet::*};
 use sensor_common::{Counter, Event, counters::COUNTER_COUNT};
 
 /// The default seed: CI runs the same ten million frames every time; set `KERNEL_FUZZ_SEED`
@@ -333,9 +323,9 @@ fn event_differs(want: &ExpectedEvent, got: &Event) -> Option<String> {
         ));
     }
     // The daemon's view of the same record: it must decode, with the same name.
-    match decode::Query::from_event(got) {
+    match sensor_model::query::Query::from_event(got) {
         Ok(q) => {
-            let name = decode::presentation_name(&want.qname).expect("the reference's name");
+            let name = sensor_model::query::presentation_name(&want.qname).expect("the reference's name");
             (q.name != name).then(|| format!("decoded name {:?}, predicted {name:?}", q.name))
         }
         Err(e) => Some(format!("the record does not decode: {e}")),

@@ -7,12 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor::{
-    intel::feeds::{FeedConfig, FeedKind, LocalFeeds},
-    intel::{Confidence, Severity},
-    reload::{Watcher, sighup},
-    trust::{TrustFilter, TrustSection},
-};
+use sensor_intel::{feeds::{FeedConfig, FeedKind, LocalFeeds}, trust::{TrustFilter, TrustSection}};
+
+use sensor_model::{verdict::{Confidence, Severity}, reload::{Watcher, sighup}};
 
 fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");

@@ -1,22 +1,16 @@
 //! The sensor attached to a veth in a network namespace the test creates, with real `dig`
 //! queries from the client namespace. Needs root, iproute2, dig and bpftool; fails without them.
 
+use common::sensor_bin;
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use sensor::testkit::{
-    daemon::{self, Daemon},
-    netns::{Topology, sh, unique},
-    responder::{Responder, Seen},
-};
+use sensor_testkit::{daemon, daemon::Daemon, netns::{Topology, sh, unique}, responder::{Responder, Seen}};
 use serde_json::{Value, json};
 
-fn sensor_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_sensor"))
-}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -142,7 +136,7 @@ fn dig_queries_become_exact_json_lines_allowlist_and_blocklist_apply() {
     assert_eq!(stats["events"], 4, "{stats}");
     assert_eq!(stats["allowlisted"], 1, "{stats}");
     assert_eq!(stats["blocked"], 1, "{stats}");
-    for map in sensor::loader::ALL_MAPS {
+    for map in sensor_kernel::loader::ALL_MAPS {
         assert!(
             setup.pin_dir.join(map).exists(),
             "{map} is pinned while the sensor runs"
@@ -330,7 +324,7 @@ fn kept_blocklist_survives_a_restart_with_its_counters() {
     struct Unpin(PathBuf);
     impl Drop for Unpin {
         fn drop(&mut self) {
-            sensor::loader::unpin(&self.0, &[]);
+            sensor_kernel::loader::unpin(&self.0, &[]);
         }
     }
     let _unpin = Unpin(setup.pin_dir.clone());

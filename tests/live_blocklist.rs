@@ -3,6 +3,7 @@
 //! auth, the kernel's BLOCKLIST (`sensor blocklist show`), and in network namespaces the listed
 //! source's packets dropped while another client's pass. Needs root, iproute2 and dig.
 
+use common::sensor_bin;
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
@@ -10,13 +11,7 @@ use std::{
     time::Duration,
 };
 
-use sensor::testkit::{
-    daemon::Daemon,
-    fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict},
-    netns::{Topology, sh, unique},
-    osmem::{Client, Osmem},
-    responder::Responder,
-};
+use sensor_testkit::{daemon::Daemon, fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict}, netns::{Topology, sh, unique}, osmem::{Client, Osmem}, responder::Responder};
 use serde_json::{Value, json};
 
 const TB_KEY: &str = "canary-tb-live-bl-93d1";
@@ -24,9 +19,6 @@ const EDL_PASSWORD: &str = "canary-edl-pw-4c2b";
 /// A public address (not in any never-block range) for the attacking client.
 const ATTACKER: &str = "80.82.77.139";
 
-fn sensor_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_sensor"))
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -2,29 +2,19 @@
 //! malicious → a WeCom message naming the client and its owner, and the JSON line carries the
 //! verdict. Needs root, iproute2 and dig; fails without them.
 
+use common::sensor_bin;
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use sensor::testkit::{
-    daemon::Daemon,
-    fake_threatbook::{FakeThreatBook, FakeVerdict},
-    fake_wecom::FakeWeCom,
-    netns::{Topology, unique},
-    osmem::{Client as EsClient, Osmem},
-    responder::Responder,
-    tansu::{Storage, Tansu},
-};
+use sensor_testkit::{daemon::Daemon, fake_threatbook::{FakeThreatBook, FakeVerdict}, fake_wecom::FakeWeCom, netns::{Topology, unique}, osmem::{Client as EsClient, Osmem}, responder::Responder, tansu::{Storage, Tansu}};
 use serde_json::Value;
 
 const TB_KEY: &str = "canary-tb-4d2f9e";
 const WECOM_KEY: &str = "canary-wecom-8b1c7a";
 
-fn sensor_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_sensor"))
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -5,6 +5,7 @@
 //! root, dpkg, cargo-deb (`cargo xtask setup --test-deps`) and systemd-analyze; fails without
 //! them.
 
+use common::sensor_bin;
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -80,7 +81,7 @@ fn the_package_installs_verifies_and_purges() {
 
     // The binary cargo built for this test run is the one packaged (cargo-deb maps the
     // asset target/release/sensor to the profile's directory).
-    let bin = Path::new(env!("CARGO_BIN_EXE_sensor"));
+    let bin = sensor_bin();
     assert!(bin.ends_with("debug/sensor"), "{}", bin.display());
     let out_dir = tempfile::tempdir().expect("tempdir");
     let out = out_dir.path().display().to_string();

@@ -9,12 +9,10 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use ipnet::IpNet;
-use sensor::{
-    config::CaptureMode,
-    decode::{self, Query},
-    loader::{self, Maps, ProgramSettings},
-    testkit::packet::*,
-};
+use sensor_kernel::config::CaptureMode;
+use sensor_kernel::{decode, loader, loader::{Maps, ProgramSettings}};
+use sensor_model::query::Query;
+use sensor_testkit::packet::*;
 use sensor_common::{Counter, Counters, Transport, event};
 
 const XDP_DROP: u32 = 1;
@@ -58,7 +56,7 @@ impl Harness {
     fn lists(&mut self, allow: &[&str], block: &[&str]) {
         let p = |v: &[&str]| {
             let owned: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-            sensor::config::parse_nets("test", &owned).expect("valid CIDRs")
+            sensor_model::error::parse_nets("test", &owned).expect("valid CIDRs")
         };
         self.maps.fill(&p(allow), &p(block)).expect("fill maps");
     }

@@ -5,28 +5,23 @@
 //! namespace. Needs root, util-linux (setpriv, unshare), iproute2, dig, strace and
 //! systemd-analyze; fails without them.
 
+use common::sensor_bin;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
     net::IpAddr,
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use sensor::testkit::{
-    netns::{Topology, sh, unique},
-    responder::{Responder, Seen},
-};
+use sensor_testkit::{netns::{Topology, sh, unique}, responder::{Responder, Seen}};
 use serde_json::{Value, json};
 
 const UNIT: &str = include_str!("../packaging/dns-sensor.service");
 
-fn sensor_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_sensor"))
-}
 
 /// The unit's `[Service]` settings: key → values in order (a key may repeat).
 fn unit_settings() -> BTreeMap<String, Vec<String>> {
@@ -397,7 +392,7 @@ fn expected_doc(s: &Seen, server: IpAddr, interface: &str, observer: &str) -> Va
 
 #[test]
 fn the_unit_grants_exactly_what_the_pre_check_demands() {
-    assert_eq!(unit_caps(), sensor::privileges::REQUIRED);
+    assert_eq!(unit_caps(), sensor_kernel::privileges::REQUIRED);
 }
 
 #[test]
@@ -475,7 +470,7 @@ fn with_exactly_the_units_capabilities_it_attaches_captures_and_blocks() {
     let root = svc.pin_root.0.display().to_string();
     assert_eq!(fs_at(&root).as_deref(), Some("bpf"), "{mounts}");
     let pin_dir = svc.pin_root.0.join(&svc.name);
-    for map in sensor::loader::ALL_MAPS {
+    for map in sensor_kernel::loader::ALL_MAPS {
         let owner = std::os::unix::fs::MetadataExt::uid(
             &std::fs::metadata(pin_dir.join(map)).expect("pinned"),
         );

@@ -4,14 +4,11 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use sensor::{
-    intel::{
-        Confidence, IpContext, LookupError, Provider, Severity,
-        threatbook::{ThreatBook, ThreatBookSection},
-    },
-    secret::Secret,
-    testkit::fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict},
-};
+use sensor_model::{verdict::{Confidence, IpContext, Severity}, secret::Secret};
+
+use sensor_intel::{LookupError, Provider, threatbook::{ThreatBook, ThreatBookSection}};
+
+use sensor_testkit::fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict};
 
 const KEY: &str = "test-key-0001";
 

@@ -1,5 +1,5 @@
-//! `cargo fuzz run dns_name`: the body is `sensor::testkit::fuzzing::dns_name`, which
+//! `cargo fuzz run dns_name`: the body is `sensor_testkit::fuzzing::dns_name`, which
 //! `tests/fuzz_corpus.rs` also runs over this target's corpus.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor::testkit::fuzzing::dns_name(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor_testkit::fuzzing::dns_name(data));

@@ -1,5 +1,5 @@
-//! `cargo fuzz run http_answers`: the body is `sensor::testkit::fuzzing::http_answers`, which
+//! `cargo fuzz run http_answers`: the body is `sensor_testkit::fuzzing::http_answers`, which
 //! `tests/fuzz_corpus.rs` also runs over this target's corpus.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor::testkit::fuzzing::http_answers(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor_testkit::fuzzing::http_answers(data));

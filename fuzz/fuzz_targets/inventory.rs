@@ -1,5 +1,5 @@
-//! `cargo fuzz run inventory`: the body is `sensor::testkit::fuzzing::inventory`, which
+//! `cargo fuzz run inventory`: the body is `sensor_testkit::fuzzing::inventory`, which
 //! `tests/fuzz_corpus.rs` also runs over this target's corpus.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor::testkit::fuzzing::inventory(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor_testkit::fuzzing::inventory(data));

@@ -1,5 +1,5 @@
-//! `cargo fuzz run list_file`: the body is `sensor::testkit::fuzzing::list_file`, which
+//! `cargo fuzz run list_file`: the body is `sensor_testkit::fuzzing::list_file`, which
 //! `tests/fuzz_corpus.rs` also runs over this target's corpus.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor::testkit::fuzzing::list_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor_testkit::fuzzing::list_file(data));

@@ -1,5 +1,5 @@
-//! `cargo fuzz run ring_record`: the body is `sensor::testkit::fuzzing::ring_record`, which
+//! `cargo fuzz run ring_record`: the body is `sensor_testkit::fuzzing::ring_record`, which
 //! `tests/fuzz_corpus.rs` also runs over this target's corpus.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor::testkit::fuzzing::ring_record(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor_testkit::fuzzing::ring_record(data));

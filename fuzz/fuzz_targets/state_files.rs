@@ -1,5 +1,5 @@
-//! `cargo fuzz run state_files`: the body is `sensor::testkit::fuzzing::state_files`, which
+//! `cargo fuzz run state_files`: the body is `sensor_testkit::fuzzing::state_files`, which
 //! `tests/fuzz_corpus.rs` also runs over this target's corpus.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor::testkit::fuzzing::state_files(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor_testkit::fuzzing::state_files(data));

@@ -1,5 +1,5 @@
-//! `cargo fuzz run threatbook`: the body is `sensor::testkit::fuzzing::threatbook_answer`, which
+//! `cargo fuzz run threatbook`: the body is `sensor_testkit::fuzzing::threatbook_answer`, which
 //! `tests/fuzz_corpus.rs` also runs over this target's corpus.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor::testkit::fuzzing::threatbook_answer(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sensor_testkit::fuzzing::threatbook_answer(data));

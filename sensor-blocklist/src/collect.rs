@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::secret::{Secret, SecretSource};
+use sensor_model::secret::{Secret, SecretSource};
 
 /// `[[blocklist.sources]]`: where one kind of device writes its alerts.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -315,7 +315,7 @@ impl Reader {
 
 /// Adds one page of the composite aggregation (an answer from the server) to `out`; returns the
 /// `after_key` to ask for the next page, or `None` after the last.
-pub(crate) fn read_page(
+pub fn read_page(
     page: &Value,
     device: &str,
     from: OffsetDateTime,
@@ -355,7 +355,7 @@ pub(crate) fn read_page(
     }
 }
 
-fn config_err(key: &'static str) -> impl Fn(crate::config::ConfigError) -> CollectError {
+fn config_err(key: &'static str) -> impl Fn(sensor_model::error::ConfigError) -> CollectError {
     move |e| CollectError::Config {
         key,
         message: e.to_string(),

@@ -3,25 +3,24 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use super::{
-    edl::{self, EdlList},
-    kernel,
-    store::Store,
-};
+use sensor_kernel::lists::{PrefixMap, blocklist as kernel};
+use sensor_model::reload::{Reload, ReloadCounters, ReloadError};
+
 use crate::{
-    config::Config,
-    prefixes::PrefixMap,
-    reload::{Reload, ReloadCounters, ReloadError},
+    config::BlocklistSection,
+    edl::{self, EdlError, EdlList, EdlSection},
+    job::JobContext,
+    store::Store,
 };
 
 /// Installs the stored list (entries not yet expired) beside the config's static entries, so a
 /// restart has the same list as before it. A missing store is an empty list; an unreadable one
 /// is reported and only the static entries are installed.
 pub fn install_stored(
-    config: &Config,
+    section: &BlocklistSection,
     map: &mut PrefixMap<sensor_common::BlockValue>,
 ) -> Option<kernel::InstallReport> {
-    let store = match Store::load(&config.blocklist.policy.state_dir) {
+    let store = match Store::load(&section.policy.state_dir) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "blocklist store not read: only [blocklist] entries are installed");
@@ -37,7 +36,7 @@ pub fn install_stored(
     if entries.is_empty() {
         return None;
     }
-    match kernel::install_into(map, &entries, &config.blocklist()) {
+    match kernel::install_into(map, &entries, &section.static_entries()) {
         Ok(r) => {
             tracing::info!(
                 entries = entries.len(),
@@ -97,10 +96,9 @@ impl Reload for EdlFile {
 /// Starts the EDL server when `[blocklist.edl] listen` is set. Returns the served list (for
 /// the scheduled job and the file watcher) and the server.
 pub async fn start_edl(
-    config: &Config,
+    section: &EdlSection,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Option<(EdlList, edl::EdlServer)>> {
-    let section = &config.blocklist.edl;
+) -> Result<Option<(EdlList, edl::EdlServer)>, EdlError> {
     if section.listen_addr()?.is_none() {
         return Ok(None);
     }
@@ -111,16 +109,16 @@ pub async fn start_edl(
 }
 
 /// Runs the job every day at the configured time, until aborted.
-pub async fn schedule(config: Arc<Config>, edl: Option<EdlList>) {
-    let Ok(schedule) = config.blocklist.schedule.parse() else {
+pub async fn schedule(ctx: Arc<JobContext>, edl: Option<EdlList>) {
+    let Ok(schedule) = ctx.blocklist.schedule.parse() else {
         return;
     };
     loop {
         let wait = schedule.until_next(time::OffsetDateTime::now_utc());
         tracing::info!(in_secs = wait.as_secs(), "next nightly blocklist run");
         tokio::time::sleep(wait).await;
-        match super::job::run_once(
-            &config,
+        match crate::job::run_once(
+            &ctx,
             None,
             false,
             time::OffsetDateTime::now_utc(),
@@ -135,9 +133,9 @@ pub async fn schedule(config: Arc<Config>, edl: Option<EdlList>) {
                     serde_json::json!({"kind": "blocklist_run_failed", "error": e.to_string()});
                 let text = format!(
                     "**DNS sensor `{}`: nightly blocklist run failed**\n> {e}",
-                    config.sensor.name
+                    ctx.sensor_name
                 );
-                for f in crate::alert::notice::send(&config.alerts, &text, &body).await {
+                for f in sensor_outputs::alert::notice::send(&ctx.alerts, &text, &body).await {
                     tracing::warn!(sink = %f, "failure notice not sent");
                 }
             }

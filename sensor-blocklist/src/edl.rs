@@ -20,13 +20,9 @@
 
 use std::{
     future::Future,
-    io::Write,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -46,11 +42,8 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, rustls, server::TlsStream};
 
-use super::store::{Entry, fnv1a64};
-use crate::{
-    config::{ConfigError, parse_nets},
-    secret::SecretSource,
-};
+use crate::store::{Entry, fnv1a64};
+use sensor_model::{error::{ConfigError, parse_nets}, secret::SecretSource};
 
 /// How long a client may take for its TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,7 +74,7 @@ pub struct EdlSection {
 impl Default for EdlSection {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("/var/lib/dns-sensor/blocklist/edl.txt"),
+            path: PathBuf::from(sensor_model::paths::EDL_FILE),
             listen: String::new(),
             url_path: "/blocklist.txt".into(),
             basic_auth_user: String::new(),
@@ -173,8 +166,8 @@ pub fn render(entries: &[Entry]) -> String {
     out
 }
 
-fn severity_name(s: crate::intel::Severity) -> &'static str {
-    use crate::intel::Severity::*;
+fn severity_name(s: sensor_model::verdict::Severity) -> &'static str {
+    use sensor_model::verdict::Severity::*;
     match s {
         Info => "info",
         Low => "low",
@@ -184,38 +177,6 @@ fn severity_name(s: crate::intel::Severity) -> &'static str {
     }
 }
 
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces `path` with `bytes` so that a reader sees the old file or the new one, whole: a
-/// temporary file in the same directory, fsync, rename over `path`, fsync of the directory (so
-/// the rename survives a crash).
-pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes.as_ref())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdlError {
@@ -306,7 +267,7 @@ impl EdlList {
         {
             return Ok(false);
         }
-        write_atomic(&self.path, text).map_err(|source| EdlError::Io {
+        sensor_model::files::write_atomic(&self.path, text).map_err(|source| EdlError::Io {
             path: self.path.clone(),
             source,
         })?;
@@ -596,7 +557,7 @@ fn auth_matches(given: &[u8], expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intel::Severity;
+    use sensor_model::verdict::Severity;
 
     #[test]
     fn renders_one_address_per_line_with_a_comment() {
@@ -622,17 +583,6 @@ mod tests {
         assert_eq!(render(&[]), "");
     }
 
-    #[test]
-    fn write_atomic_replaces_whole_files_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("edl.txt");
-        write_atomic(&p, "a\n").unwrap();
-        write_atomic(&p, "b\nc\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "b\nc\n");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "no temp file left");
-        assert!(write_atomic(&dir.path().join("missing/x"), "x").is_err());
-    }
 
     #[test]
     fn publish_keeps_the_etag_of_an_unchanged_list_and_moves_last_modified_forward() {

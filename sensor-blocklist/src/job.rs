@@ -10,28 +10,51 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc};
 use serde_json::json;
 use time::{Date, OffsetDateTime};
 
-use super::{
+use ipnet::IpNet;
+use sensor_intel::{
+    batch::Batcher,
+    threatbook::{ThreatBook, ThreatBookSection},
+};
+use sensor_kernel::lists::blocklist as kernel;
+use sensor_model::files::write_atomic;
+use sensor_outputs::alert::AlertsSection;
+
+use crate::{
     collect::{Collected, Reader},
+    config::BlocklistSection,
     edl::{self, EdlList},
-    kernel,
     neverblock::NeverBlock,
     reputation::{LookupStats, ReputationCache},
     results::{self, Row},
     store::{self, Store, Summary},
 };
-use crate::{
-    config::Config,
-    intel::{batch::Batcher, threatbook::ThreatBook},
-};
+
+/// What a run needs from the sensor's config; the composition root builds it, so this crate
+/// never sees the root config.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// `[blocklist]`.
+    pub blocklist: BlocklistSection,
+    /// `[intel.threatbook]`: the IP reputation provider.
+    pub threatbook: Option<ThreatBookSection>,
+    /// `filter.client_allow`: never blocked.
+    pub client_allow: Vec<IpNet>,
+    /// `[alerts]`: where the run's summary goes.
+    pub alerts: AlertsSection,
+    /// `sensor.name`, in the summary.
+    pub sensor_name: String,
+    /// The running sensor's pin directory: its `BLOCKLIST` gets the new list.
+    pub pin_dir: PathBuf,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("config key `{key}`: {message}")]
     Config { key: &'static str, message: String },
     #[error("collecting alerts: {0}")]
-    Collect(#[from] super::collect::CollectError),
+    Collect(#[from] crate::collect::CollectError),
     #[error("IP reputation failed, the last list stays in force: {0}")]
-    Reputation(#[from] crate::intel::LookupError),
+    Reputation(#[from] sensor_intel::LookupError),
     #[error("not published, the last list stays in force: {0}")]
     Refused(#[from] store::Refused),
     #[error(transparent)]
@@ -119,13 +142,13 @@ impl Report {
 /// `edl` is the daemon's served list (the CLI passes `None`: it writes the file, and a running
 /// daemon picks the change up).
 pub async fn run_once(
-    config: &Config,
+    ctx: &JobContext,
     day: Option<Date>,
     force: bool,
     now: OffsetDateTime,
     edl_list: Option<&EdlList>,
 ) -> Result<Report, JobError> {
-    let b = &config.blocklist;
+    let b = &ctx.blocklist;
     let schedule = b.schedule.parse().map_err(|e| JobError::Config {
         key: "blocklist.schedule",
         message: e.to_string(),
@@ -138,7 +161,7 @@ pub async fn run_once(
             message: "no alert source configured ([[blocklist.sources]])".into(),
         });
     }
-    let Some(tb) = &config.intel.threatbook else {
+    let Some(tb) = &ctx.threatbook else {
         return Err(JobError::Config {
             key: "intel.threatbook",
             message: "the nightly blocklist asks ThreatBook's IP reputation: configure it".into(),
@@ -155,7 +178,7 @@ pub async fn run_once(
     );
 
     // 2. Never-block filter, before any lookup.
-    let never = NeverBlock::new(&config.client_allow(), &b.policy.allow_nets());
+    let never = NeverBlock::new(&ctx.client_allow, &b.policy.allow_nets());
     let (ask, skipped): (Vec<IpAddr>, Vec<IpAddr>) =
         collected.ips.keys().partition(|ip| never.blockable(**ip));
 
@@ -216,19 +239,19 @@ pub async fn run_once(
                 if let Some(dir) = b.edl.path.parent() {
                     std::fs::create_dir_all(dir).map_err(io("creating the EDL directory"))?;
                 }
-                edl::write_atomic(&b.edl.path, &text).map_err(io("writing the EDL file"))?;
+                write_atomic(&b.edl.path, &text).map_err(io("writing the EDL file"))?;
                 true
             } else {
                 false
             }
         }
     };
-    let pin_dir = config.pin_dir();
+    let pin_dir = &ctx.pin_dir;
     let kernel = if pin_dir.join(sensor_common::map_names::BLOCKLIST).exists() {
         Some(kernel::install(
-            &pin_dir,
+            pin_dir,
             &plan.kernel_entries(),
-            &config.blocklist(),
+            &b.static_entries(),
         )?)
     } else {
         None
@@ -246,9 +269,9 @@ pub async fn run_once(
         edl_changed,
         kernel,
     };
-    let failures = crate::alert::notice::send(
-        &config.alerts,
-        &report.markdown(&config.sensor.name),
+    let failures = sensor_outputs::alert::notice::send(
+        &ctx.alerts,
+        &report.markdown(&ctx.sensor_name),
         &report.json(),
     )
     .await;

@@ -21,6 +21,7 @@
 //! IPv4-mapped `::ffff:0:0/96`, the NAT64 well-known prefix `64:ff9b::/96` (RFC 6052) and 6to4
 //! `2002::/16` (RFC 3056).
 
+use sensor_kernel::lists::canonical_net;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -223,17 +224,6 @@ impl NeverBlock {
             .iter()
             .find(|(n, _)| n.contains(&v4))
             .map(|(_, r)| *r)
-    }
-}
-
-/// An IPv4-mapped IPv6 CIDR as the IPv4 CIDR it is (the kernel map stores both the same way).
-pub fn canonical_net(net: &IpNet) -> IpNet {
-    match net {
-        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
-            Some(v4) => IpNet::V4(Ipv4Net::new(v4, n.prefix_len() - 96).expect("prefix <= 32")),
-            None => *net,
-        },
-        _ => *net,
     }
 }
 

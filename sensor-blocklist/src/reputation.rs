@@ -12,7 +12,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::intel::{Confidence, Finding, LookupError, Severity, batch::Batcher};
+use sensor_model::verdict::{Confidence, Finding, Severity};
+
+use sensor_intel::{LookupError, batch::Batcher};
 
 /// `[blocklist.reputation]`: how long a verdict is reused across nights.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -124,7 +126,7 @@ impl ReputationCache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::blocklist::edl::write_atomic(&self.path, &bytes)
+        sensor_model::files::write_atomic(&self.path, &bytes)
     }
 
     pub fn len(&self) -> usize {

@@ -9,7 +9,7 @@ use std::{
 use serde::Serialize;
 use time::{Date, OffsetDateTime};
 
-use super::{collect::SeenIp, reputation::IpVerdict};
+use crate::{collect::SeenIp, reputation::IpVerdict};
 
 /// One IP's row.
 #[derive(Debug, Clone, Serialize)]
@@ -119,7 +119,7 @@ pub fn write(dir: &Path, day: Date, rows: &[Row]) -> std::io::Result<(PathBuf, P
         jsonl.push(b'\n');
     }
     std::fs::create_dir_all(dir)?;
-    super::edl::write_atomic(&csv_path, &csv)?;
-    super::edl::write_atomic(&jsonl_path, &jsonl)?;
+    sensor_model::files::write_atomic(&csv_path, &csv)?;
+    sensor_model::files::write_atomic(&jsonl_path, &jsonl)?;
     Ok((csv_path, jsonl_path))
 }

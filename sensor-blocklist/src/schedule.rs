@@ -7,7 +7,7 @@ use jiff::{Timestamp, ZonedDateTime, civil, tz::TimeZone};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::config::ConfigError;
+use sensor_model::error::ConfigError;
 
 /// `[blocklist.schedule]`: when the daemon runs the job by itself.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -32,11 +32,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::neverblock::NeverBlock;
-use crate::{
-    config::{ConfigError, parse_nets},
-    intel::{Confidence, Finding, Severity},
-};
+use crate::neverblock::NeverBlock;
+use sensor_model::{error::{ConfigError, parse_nets}, verdict::{Confidence, Finding, Severity}};
 
 const DAY: i64 = 86_400;
 const STATE_FILE: &str = "state.json";
@@ -84,7 +81,7 @@ impl Default for PolicySection {
             max_change_fraction: 0.5,
             change_floor: 50,
             allow: Vec::new(),
-            state_dir: PathBuf::from("/var/lib/dns-sensor/blocklist"),
+            state_dir: PathBuf::from(sensor_model::paths::BLOCKLIST_STATE_DIR),
         }
     }
 }
@@ -454,7 +451,7 @@ impl Store {
             entries: plan.entries.clone(),
         };
         let text = serde_json::to_vec_pretty(&state).expect("state serialises");
-        super::edl::write_atomic(&path, &text).map_err(io)?;
+        sensor_model::files::write_atomic(&path, &text).map_err(io)?;
         self.entries = plan.entries.iter().map(|e| (e.ip, e.clone())).collect();
         Ok(())
     }
@@ -865,7 +862,7 @@ mod tests {
                 for (net, _) in plan.kernel_entries() {
                     prop_assert!(n.blockable_net(&net), "{net} in the kernel entries");
                 }
-                for line in crate::blocklist::edl::render(&plan.entries).lines() {
+                for line in crate::edl::render(&plan.entries).lines() {
                     let ip: IpAddr = line.split(' ').next().unwrap().parse().unwrap();
                     prop_assert!(n.blockable(ip), "{ip} in the EDL");
                 }

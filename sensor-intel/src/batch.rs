@@ -66,7 +66,8 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Answers, Finding, LookupError, Provider};
+use crate::{Answers, LookupError, Provider};
+use sensor_model::verdict::Finding;
 
 /// Something a provider can be asked about: a domain name or an IP address.
 pub trait Indicator: Clone + Eq + Hash + Send + Sync + 'static {
@@ -571,7 +572,7 @@ pub(crate) mod tests {
     use std::sync::atomic::AtomicI64;
 
     use super::*;
-    use crate::intel::{Confidence, Severity};
+    use sensor_model::verdict::{Confidence, Severity};
 
     /// An in-process provider for the batcher's own tests: answers from a rule, records calls.
     #[derive(Debug, Default)]

@@ -15,7 +15,8 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{Assessment, Finding, Provider, Verdict, batch::Batcher};
+use sensor_model::verdict::{Assessment, Finding, Verdict};
+use crate::{Provider, batch::Batcher};
 
 /// `[intel.cache]`: verdict lifetimes and capacity.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -252,7 +253,7 @@ async fn assess(sources: &[Source], name: &Arc<str>) -> Assessment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intel::batch::{Limits, tests::Scripted};
+    use crate::batch::{Limits, tests::Scripted};
 
     fn cache(p: &Arc<Scripted>, limits: Limits) -> VerdictCache {
         VerdictCache::new(

@@ -798,3 +798,9 @@ mod tests {
         );
     }
 }
+
+impl From<ListError> for sensor_model::reload::ReloadError {
+    fn from(e: ListError) -> Self {
+        Self::List(Box::new(e))
+    }
+}

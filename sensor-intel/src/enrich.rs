@@ -22,12 +22,10 @@ use time::OffsetDateTime;
 
 use tokio::sync::mpsc;
 
-use crate::{
-    clock::WallClock,
-    decode::Query,
-    intel::{Assessment, Verdict, cache::Source, cache::VerdictCache, feeds::LocalFeeds},
-    trust::TrustFilter,
-};
+use sensor_model::{clock::WallClock, query::Query, verdict::{Assessment, Verdict}};
+
+use sensor_model::enriched::Enriched;
+use crate::{cache::{Source, VerdictCache}, feeds::LocalFeeds, trust::TrustFilter};
 
 /// What happens to queries for trusted names or from trusted clients.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -41,7 +39,7 @@ pub enum TrustedEvents {
     Keep,
 }
 
-/// How events wait for verdicts (from `[intel]`, see [`crate::intel::IntelSection`]).
+/// How events wait for verdicts (from `[intel]`, see [`crate::IntelSection`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnrichSettings {
     pub trusted_events: TrustedEvents,
@@ -49,13 +47,6 @@ pub struct EnrichSettings {
     pub max_wait_ms: u64,
     pub recheck_secs: u64,
     pub max_deferred_names: usize,
-}
-
-/// An event and what is known of its name. `intel` is `None` when no provider is configured.
-#[derive(Debug, Clone)]
-pub struct Enriched {
-    pub query: Query,
-    pub intel: Option<Arc<Assessment>>,
 }
 
 /// Where malicious hits go (the alerter). One call per (client, name) sighting group.

@@ -24,12 +24,10 @@ use futures::{FutureExt as _, future::BoxFuture};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use super::{Answers, Confidence, Finding, LookupError, Provider, Severity};
-use crate::{
-    config::ConfigError,
-    domainset::{DomainSet, LineError, ListError, list_lines},
-    reload::{Reload, ReloadCounters, ReloadError},
-};
+use crate::{Answers, LookupError, Provider};
+use sensor_model::verdict::{Confidence, Finding, Severity};
+use sensor_model::{error::ConfigError, reload::{Reload, ReloadCounters, ReloadError}};
+use crate::domainset::{DomainSet, LineError, ListError, list_lines};
 
 /// What a feed file lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -449,7 +447,7 @@ impl LocalFeeds {
             .collect()
     }
 
-    /// One reloader per feed, for a [`crate::reload::Watcher`].
+    /// One reloader per feed, for a [`sensor_model::reload::Watcher`].
     pub fn reloaders(&self) -> Vec<Arc<dyn Reload>> {
         self.feeds
             .iter()
@@ -735,7 +733,7 @@ mod tests {
         let mut config = feed_config("c2", FeedKind::Domains, &path);
         config.reload_interval_ms = 10;
         let feeds = LocalFeeds::load(&[config]).unwrap();
-        let watcher = crate::reload::Watcher::new(feeds.reloaders());
+        let watcher = sensor_model::reload::Watcher::new(feeds.reloaders());
         let task = tokio::spawn(watcher.run(futures::stream::pending()));
         let tmp = dir.path().join("c2.tmp");
         std::fs::write(&tmp, "new.example\n").unwrap();

@@ -26,9 +26,11 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use ipnet::IpNet;
+use sensor_model::reload::{Reload, ReloadError};
 
 /// The header the file must start with.
 pub const HEADER: [&str; 5] = [
@@ -422,5 +424,35 @@ mod tests {
         let inv = parse("cidr_or_ip,owner,employee_id,hostname,department\n").unwrap();
         assert!(inv.is_empty());
         assert!(inv.lookup("10.0.0.1".parse().unwrap()).is_none());
+    }
+}
+
+/// Reloads the asset inventory into the alert stage's `ArcSwap`.
+#[derive(Debug)]
+pub struct InventoryReload {
+    pub path: PathBuf,
+    pub current: Arc<arc_swap::ArcSwap<Inventory>>,
+    pub counters: sensor_model::reload::ReloadCounters,
+}
+
+impl Reload for InventoryReload {
+    fn name(&self) -> &str {
+        "inventory"
+    }
+    fn files(&self) -> &[PathBuf] {
+        std::slice::from_ref(&self.path)
+    }
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(2))
+    }
+    fn reload(&self) -> Result<usize, ReloadError> {
+        let started = std::time::Instant::now();
+        let result = Inventory::load(&self.path).map(|inv| {
+            let n = inv.len();
+            self.current.store(Arc::new(inv));
+            n
+        });
+        self.counters.record("inventory", started, &result);
+        result.map_err(|e| ReloadError::Other(Box::new(e)))
     }
 }

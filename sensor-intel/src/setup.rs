@@ -2,17 +2,30 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use super::{
+use sensor_model::{
+    error::ConfigError,
+    reload::{Reload, ReloadError},
+};
+
+use crate::{
     IntelSection,
     batch::Batcher,
     cache::{Source, VerdictCache},
-    feeds::{FeedKind, LocalFeeds},
+    feeds::{FeedKind, FeedsError, LocalFeeds},
     threatbook::ThreatBook,
+    trust::{TrustError, TrustFilter, TrustSection},
 };
-use crate::{
-    reload::{Reload, ReloadError},
-    trust::{TrustFilter, TrustSection},
-};
+
+/// Why the intel stack could not be built: each names the config key or the list file.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Trust(#[from] TrustError),
+    #[error("{0}")]
+    Feeds(#[from] FeedsError),
+    #[error("{0}")]
+    ThreatBook(#[from] ConfigError),
+}
 
 /// Everything the enrichment stage needs, plus what the reload watcher watches.
 pub struct Intel {
@@ -25,12 +38,12 @@ pub struct Intel {
 
 /// Builds the stack. Must run inside the tokio runtime (batchers spawn their tasks). Errors name
 /// the config key or the list file.
-pub fn build(trust: &TrustSection, intel: &IntelSection) -> anyhow::Result<Intel> {
+pub fn build(trust: &TrustSection, intel: &IntelSection) -> Result<Intel, SetupError> {
     let mut reloaders: Vec<Arc<dyn Reload>> = Vec::new();
     let trust = if trust.domains.is_empty() && trust.files.is_empty() {
         None
     } else {
-        let filter = Arc::new(TrustFilter::new(trust).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let filter = Arc::new(TrustFilter::new(trust)?);
         reloaders.push(filter.clone());
         Some(filter)
     };
@@ -43,7 +56,7 @@ pub fn build(trust: &TrustSection, intel: &IntelSection) -> anyhow::Result<Intel
         });
     }
     let mut sources = Vec::new();
-    let feeds = Arc::new(LocalFeeds::load(&intel.feeds).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let feeds = Arc::new(LocalFeeds::load(&intel.feeds)?);
     let ip_feeds = intel
         .feeds
         .iter()
@@ -103,66 +116,3 @@ impl Reload for ForgetVerdicts {
     }
 }
 
-/// Hands the enrichment stage's hits to the alert stage, which suppresses repeats and counts
-/// them; a deferred sighting group of `count` queries takes one queue slot.
-pub struct AlertHits {
-    pub submitter: crate::alert::AlertSubmitter,
-    pub sensor: String,
-}
-
-impl crate::enrich::HitSink for AlertHits {
-    fn hit(
-        &self,
-        client: std::net::IpAddr,
-        name: &str,
-        qtype: u16,
-        assessment: &Arc<super::Assessment>,
-        first_seen: time::OffsetDateTime,
-        last_seen: time::OffsetDateTime,
-        count: u64,
-    ) {
-        let hit = crate::alert::Hit {
-            client,
-            name: name.to_owned(),
-            qtype: crate::decode::qtype_name(qtype),
-            assessment: assessment.clone(),
-            seen: first_seen,
-            sensor: self.sensor.clone(),
-        };
-        if count <= 1 {
-            self.submitter.submit(hit);
-        } else {
-            self.submitter.submit_group(hit, last_seen, count);
-        }
-    }
-}
-
-/// Reloads the asset inventory into the alert stage's `ArcSwap`.
-#[derive(Debug)]
-pub struct InventoryReload {
-    pub path: PathBuf,
-    pub current: Arc<arc_swap::ArcSwap<crate::inventory::Inventory>>,
-    pub counters: crate::reload::ReloadCounters,
-}
-
-impl Reload for InventoryReload {
-    fn name(&self) -> &str {
-        "inventory"
-    }
-    fn files(&self) -> &[PathBuf] {
-        std::slice::from_ref(&self.path)
-    }
-    fn poll_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(2))
-    }
-    fn reload(&self) -> Result<usize, ReloadError> {
-        let started = std::time::Instant::now();
-        let result = crate::inventory::Inventory::load(&self.path).map(|inv| {
-            let n = inv.len();
-            self.current.store(Arc::new(inv));
-            n
-        });
-        self.counters.record("inventory", started, &result);
-        result.map_err(|e| ReloadError::Other(Box::new(e)))
-    }
-}

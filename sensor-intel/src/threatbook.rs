@@ -45,13 +45,9 @@ use futures::future::BoxFuture;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Deserializer};
 
-use super::{
-    Answers, Confidence, Finding, IpContext, LookupError, Provider, Severity, batch::Limits,
-};
-use crate::{
-    config::ConfigError,
-    secret::{Secret, SecretSource},
-};
+use crate::{Answers, LookupError, Provider, batch::Limits};
+use sensor_model::verdict::{Confidence, Finding, IpContext, Severity};
+use sensor_model::{error::ConfigError, secret::{Secret, SecretSource}};
 
 /// The provider name in findings, counters and errors.
 pub const PROVIDER: &str = "threatbook";
@@ -598,7 +594,7 @@ fn short(msg: &str) -> String {
 
 /// Decides from `response_code` (not the HTTP status) when the body is a ThreatBook envelope;
 /// otherwise from the HTTP status. Returns the `data` of a usable answer (`Null`: no data).
-pub(crate) fn classify(status: StatusCode, body: &[u8]) -> Result<Data, LookupError> {
+pub fn classify(status: StatusCode, body: &[u8]) -> Result<Data, LookupError> {
     let envelope: Envelope = match serde_json::from_slice(body) {
         Ok(e) => e,
         Err(err) => {
@@ -655,7 +651,7 @@ fn is_empty_data(data: &Data) -> bool {
 }
 
 /// Maps the `/v3/scene/dns` data to findings for the names asked about.
-pub(crate) fn parse_domains(
+pub fn parse_domains(
     data: &Data,
     asked: &HashSet<&str>,
 ) -> Result<Answers<String>, LookupError> {
@@ -665,7 +661,7 @@ pub(crate) fn parse_domains(
     let data = DnsData::deserialize(data).map_err(|e| protocol(format!("data.domains: {e}")))?;
     let mut answers = Answers::with_capacity(data.domains.len());
     for (name, verdict) in data.domains {
-        let name = super::normalise(&name);
+        let name = sensor_model::verdict::normalise(&name);
         if asked.contains(name.as_str()) {
             answers.insert(name, finding(verdict, false));
         } else {
@@ -679,7 +675,7 @@ pub(crate) fn parse_domains(
 }
 
 /// Maps the `/v3/scene/ip_reputation` data (`data.<ip>`) to findings for the IPs asked about.
-pub(crate) fn parse_ips(
+pub fn parse_ips(
     data: &Data,
     asked: &HashSet<IpAddr>,
 ) -> Result<Answers<IpAddr>, LookupError> {

@@ -15,11 +15,9 @@ use std::{
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 
-use crate::{
-    config::ConfigError,
-    domainset::{DomainSet, ListError, Pattern},
-    reload::{Reload, ReloadCounters, ReloadError},
-};
+use sensor_model::{error::ConfigError, reload::{Reload, ReloadCounters, ReloadError}};
+
+use crate::domainset::{DomainSet, ListError, Pattern};
 
 /// `[trust]`: names whose queries are not looked up.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -73,7 +71,7 @@ pub enum TrustError {
 }
 
 /// The trusted-domain filter. Share it as `Arc<TrustFilter>`; register it with a
-/// [`crate::reload::Watcher`] for SIGHUP and file-change reloads.
+/// [`sensor_model::reload::Watcher`] for SIGHUP and file-change reloads.
 #[derive(Debug)]
 pub struct TrustFilter {
     inline: Vec<Pattern>,
@@ -173,7 +171,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::reload::Watcher;
+    use sensor_model::reload::Watcher;
 
     fn section(domains: &[&str], files: &[&Path], interval_ms: u64) -> TrustSection {
         TrustSection {

@@ -7,7 +7,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Mounts bpffs at `/sys/fs/bpf` unless `root` already lies on a bpffs.
 pub fn ensure_mounted(root: &Path) -> io::Result<()> {
-    let mount_point = Path::new("/sys/fs/bpf");
+    let mount_point = Path::new(sensor_model::paths::BPFFS);
     if is_bpffs(root) || is_bpffs(mount_point) {
         return Ok(());
     }

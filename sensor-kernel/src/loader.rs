@@ -20,10 +20,11 @@ use sensor_common::{
     map_names,
 };
 
-use crate::{
-    config::{CaptureMode, Config, XdpAttachMode},
-    prefixes::{PrefixError, PrefixMap},
-};
+use sensor_model::error::error_chain;
+
+use crate::config::{CaptureMode, CaptureSection, XdpAttachMode};
+
+use crate::lists::{PrefixError, PrefixMap};
 
 /// The XDP object, built by build.rs (crate sensor-build) for bpfel-unknown-none with BTF.
 pub static EBPF_OBJECT: &[u8] =
@@ -81,11 +82,11 @@ pub struct ProgramSettings {
 }
 
 impl ProgramSettings {
-    pub fn from_config(c: &Config) -> Self {
+    pub fn from_section(c: &CaptureSection) -> Self {
         Self {
-            mode: c.capture.mode,
-            dns_ports: c.capture.dns_ports.clone(),
-            precise_timestamps: c.capture.precise_timestamps,
+            mode: c.mode,
+            dns_ports: c.dns_ports.clone(),
+            precise_timestamps: c.precise_timestamps,
         }
     }
 }
@@ -392,18 +393,6 @@ fn take_over(prog: &mut Xdp, path: &Path) -> Option<aya::programs::xdp::XdpLinkI
             None
         }
     }
-}
-
-/// Formats an error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s.replace('\n', " ")
 }
 
 /// Creates the pin directory (mounting bpffs first when needed) and removes stale pins from a

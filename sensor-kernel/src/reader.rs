@@ -6,43 +6,18 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::Ordering,
 };
 
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc;
 
-use crate::decode::{self, Query};
+use sensor_model::counters::StageCounters;
 
-/// Userspace counters of the reader and output stages.
-#[derive(Debug, Default)]
-pub struct StageCounters {
-    /// Records taken from the ring buffer.
-    pub records_read: AtomicU64,
-    /// Records that did not decode (counted, logged at debug level).
-    pub decode_errors: AtomicU64,
-    /// Queries dropped because the output queue was full.
-    pub output_queue_full: AtomicU64,
-    /// JSON lines written.
-    pub written: AtomicU64,
-    /// JSON lines that could not be written (I/O error), counted by the output stage.
-    pub write_errors: AtomicU64,
-}
+use crate::decode;
 
-impl StageCounters {
-    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
-        [
-            ("records_read", self.records_read.load(Ordering::Relaxed)),
-            ("decode_errors", self.decode_errors.load(Ordering::Relaxed)),
-            (
-                "output_queue_full",
-                self.output_queue_full.load(Ordering::Relaxed),
-            ),
-            ("written", self.written.load(Ordering::Relaxed)),
-            ("write_errors", self.write_errors.load(Ordering::Relaxed)),
-        ]
-    }
-}
+use sensor_model::query::Query;
+
 
 /// Takes every record currently in the ring buffer.
 pub fn drain(

@@ -12,10 +12,7 @@ use std::{collections::HashMap, io::Write as _, net::IpAddr};
 use sensor_common::Transport;
 use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
 
-use crate::{
-    decode::{Query, qclass_name, qtype_name},
-    intel::{Assessment, Verdict},
-};
+use crate::{query::{Query, qclass_name, qtype_name}, verdict::{Assessment, Verdict}};
 
 const SECOND_PREFIX: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].");
@@ -261,11 +258,11 @@ mod tests {
         ];
         let malicious = Assessment {
             verdict: Verdict::Malicious,
-            findings: vec![crate::intel::Finding {
+            findings: vec![crate::verdict::Finding {
                 provider: "threatbook".into(),
                 malicious: true,
-                severity: Some(crate::intel::Severity::High),
-                confidence: Some(crate::intel::Confidence::Medium),
+                severity: Some(crate::verdict::Severity::High),
+                confidence: Some(crate::verdict::Confidence::Medium),
                 judgments: vec!["C2".into(), "Botnet".into()],
                 tags: vec!["APT \"x\"".into()],
                 permalink: Some("https://x.threatbook.com/v5/domain/bad.example".into()),

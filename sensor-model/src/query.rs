@@ -1,16 +1,10 @@
-//! Turns a ring-buffer record into an owned, ECS-shaped DNS event.
+//! A DNS query as the documents use it: addresses, ports, the name in ECS presentation form,
+//! the registry names of its type and class.
 
-use std::{
-    mem::{MaybeUninit, offset_of},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::rr::{DNSClass, RecordType};
-use sensor_common::{
-    Event, Family, Transport,
-    event::{is_record_len, record_len},
-};
-use serde::Serialize;
+use sensor_common::{Event, Family, Transport, event::record_len};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -30,29 +24,6 @@ pub enum DecodeError {
     NameLength(u16),
     #[error("QNAME is not a sequence of labels ending with the root")]
     NameLabels,
-}
-
-/// Reads a raw ring-buffer record: the first bytes of an [`Event`], as long as its QNAME needs
-/// (the variable-length rule in `sensor_common::event`). The bytes the record does not carry
-/// read as zero. A record that breaks the rule is an error, never a panic.
-pub fn record(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let len = bytes.len();
-    if !len.is_multiple_of(8) || len < record_len(1) || len > size_of::<Event>() {
-        return Err(DecodeError::Size(len));
-    }
-    let at = offset_of!(Event, qname_len);
-    let qname_len = u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
-    if !is_record_len(len, usize::from(qname_len)) {
-        return Err(DecodeError::Truncated { len, qname_len });
-    }
-    let mut ev = MaybeUninit::<Event>::zeroed();
-    // SAFETY: `len <= size_of::<Event>()` (checked above), so the copy stays inside `ev`; the
-    // source is `len` bytes of the slice and cannot overlap a local. Event is Pod (integers and
-    // byte arrays): the all-zero value with any prefix overwritten is a valid Event.
-    Ok(unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), ev.as_mut_ptr().cast::<u8>(), len);
-        ev.assume_init()
-    })
 }
 
 /// Addresses, ports and names in the form the JSON documents use.
@@ -183,149 +154,6 @@ pub fn qclass_name(qclass: u16) -> String {
     }
 }
 
-/// The JSON document written for each query, with Elastic Common Schema field names nested as
-/// Packetbeat writes them.
-#[derive(Debug, Serialize)]
-pub struct Document<'a> {
-    #[serde(rename = "@timestamp")]
-    pub timestamp: String,
-    pub event: EventMeta,
-    pub source: Endpoint,
-    pub destination: Endpoint,
-    pub network: Network,
-    pub dns: Dns<'a>,
-    pub observer: Observer<'a>,
-    /// The verdict, when threat intel is configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub intel: Option<crate::intel::IntelDoc<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EventMeta {
-    pub kind: &'static str,
-    pub category: [&'static str; 1],
-    #[serde(rename = "type")]
-    pub kind_type: [&'static str; 1],
-    pub dataset: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Endpoint {
-    pub ip: IpAddr,
-    pub port: u16,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Network {
-    pub transport: &'static str,
-    #[serde(rename = "type")]
-    pub net_type: &'static str,
-    pub protocol: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Dns<'a> {
-    pub id: u16,
-    #[serde(rename = "type")]
-    pub dns_type: &'static str,
-    pub question: Question<'a>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Question<'a> {
-    pub name: &'a str,
-    #[serde(rename = "type")]
-    pub qtype: String,
-    pub class: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Observer<'a> {
-    pub name: &'a str,
-    pub ingress: Ingress<'a>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Ingress<'a> {
-    pub interface: Interface<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<Vlan>,
-    /// The inner tag of a QinQ (802.1ad) frame.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inner_vlan: Option<Vlan>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Interface<'a> {
-    pub name: &'a str,
-}
-
-/// ECS types `vlan.id` as keyword, so it is written as a string.
-#[derive(Debug, Serialize)]
-pub struct Vlan {
-    pub id: String,
-}
-
-impl Query {
-    /// The ECS document; `timestamp` is RFC 3339 UTC.
-    pub fn document<'a>(
-        &'a self,
-        timestamp: String,
-        observer: &'a str,
-        interface: &'a str,
-        intel: Option<&'a crate::intel::Assessment>,
-    ) -> Document<'a> {
-        let vlan = |id: u16| (id != 0).then(|| Vlan { id: id.to_string() });
-        Document {
-            timestamp,
-            event: EventMeta {
-                // ECS: a detection is an `alert`, so SIEM views pick malicious queries out.
-                kind: match intel.map(|a| a.verdict) {
-                    Some(crate::intel::Verdict::Malicious) => "alert",
-                    _ => "event",
-                },
-                category: ["network"],
-                kind_type: ["protocol"],
-                dataset: "dns",
-            },
-            source: Endpoint {
-                ip: self.src,
-                port: self.src_port,
-            },
-            destination: Endpoint {
-                ip: self.dst,
-                port: self.dst_port,
-            },
-            network: Network {
-                transport: match self.transport {
-                    Transport::Udp => "udp",
-                    Transport::Tcp => "tcp",
-                },
-                net_type: if self.src.is_ipv4() { "ipv4" } else { "ipv6" },
-                protocol: "dns",
-            },
-            dns: Dns {
-                id: self.dns_id,
-                dns_type: "query",
-                question: Question {
-                    name: &self.name,
-                    qtype: qtype_name(self.qtype),
-                    class: qclass_name(self.qclass),
-                },
-            },
-            observer: Observer {
-                name: observer,
-                ingress: Ingress {
-                    interface: Interface { name: interface },
-                    vlan: vlan(self.vlan_outer),
-                    inner_vlan: vlan(self.vlan_inner),
-                },
-            },
-            intel: intel.map(|a| a.document()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,104 +198,6 @@ mod tests {
         );
         assert_eq!(presentation_name(&[]), Err(DecodeError::NameLabels));
         assert_eq!(presentation_name(&[64]), Err(DecodeError::NameLabels));
-    }
-
-    /// A record as the XDP program writes it: `len` bytes of an Event for `name`.
-    fn raw(name: &[u8], len: usize) -> Vec<u8> {
-        // SAFETY: Event is Pod (integers and byte arrays): all zeros is a valid value.
-        let mut ev: Event = unsafe { MaybeUninit::zeroed().assume_init() };
-        ev.ts_mono_ns = 7;
-        ev.ifindex = 3;
-        ev.src_addr = sensor_common::ipv4_mapped([10, 0, 0, 1]);
-        ev.dst_addr = sensor_common::ipv4_mapped([10, 0, 0, 53]);
-        ev.src_port = 40000;
-        ev.dst_port = 53;
-        ev.dns_id = 9;
-        ev.qtype = 1;
-        ev.qclass = 1;
-        ev.family = 4;
-        ev.transport = 17;
-        ev.qname_len = name.len() as u16;
-        ev.qname[..name.len()].copy_from_slice(name);
-        // Unspecified bytes after the name: not zero, to show they are not read.
-        ev.qname[name.len()..].fill(0xee);
-        // SAFETY: Event is repr(C) plain data without padding (size pinned in sensor-common).
-        let all =
-            unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>()) };
-        all[..len].to_vec()
-    }
-
-    #[test]
-    fn records_of_every_consistent_length_decode() {
-        let name = wire(&[b"www", b"example", b"com"]);
-        assert_eq!(name.len(), 17);
-        // 64 + 17 = 81, rounded up to 88; a short (128) and a full (320) record hold it too.
-        for len in (88..=320).step_by(8) {
-            let ev = record(&raw(&name, len)).unwrap_or_else(|e| panic!("{len}: {e}"));
-            let q = Query::from_event(&ev).expect("decodes");
-            assert_eq!(q.name, "www.example.com", "{len}");
-            assert_eq!((q.src_port, q.dst_port, q.dns_id), (40000, 53, 9));
-            assert_eq!(q.src, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
-            // What the record did not carry reads as zero.
-            assert!(ev.qname[len - 64..].iter().all(|&b| b == 0), "{len}");
-        }
-        // The shortest name (the root) in the shortest record; the longest in the full one.
-        assert_eq!(
-            Query::from_event(&record(&raw(&[0], 72)).unwrap())
-                .unwrap()
-                .name,
-            "."
-        );
-        let long = wire(&[&[b'a'; 63], &[b'b'; 63], &[b'c'; 63], &[b'd'; 61]]);
-        assert_eq!(long.len(), 255);
-        let q = Query::from_event(&record(&raw(&long, 320)).unwrap()).unwrap();
-        assert_eq!(q.name.len(), 253);
-    }
-
-    #[test]
-    fn short_or_inconsistent_records_are_errors() {
-        let name = wire(&[b"www", b"example", b"com"]);
-        // Shorter than the name needs.
-        assert_eq!(
-            record(&raw(&name, 80)).err(),
-            Some(DecodeError::Truncated {
-                len: 80,
-                qname_len: 17
-            })
-        );
-        // Not a multiple of 8, or outside 72..=320.
-        for len in [0, 8, 60, 64, 81, 87, 89, 321, 328, 1000] {
-            let mut r = raw(&name, len.min(320));
-            r.resize(len, 0);
-            assert_eq!(record(&r).err(), Some(DecodeError::Size(len)), "{len}");
-        }
-        // A QNAME length beyond what any record holds.
-        let mut r = raw(&name, 320);
-        r[60..62].copy_from_slice(&300u16.to_ne_bytes());
-        assert_eq!(
-            record(&r).err(),
-            Some(DecodeError::Truncated {
-                len: 320,
-                qname_len: 300
-            })
-        );
-        // Every length and every QNAME length field: an answer or an error, never a panic.
-        for len in 0..=336usize {
-            for qlen in [0u16, 1, 17, 56, 57, 63, 64, 65, 255, 256, u16::MAX] {
-                let mut r = vec![0x41u8; len];
-                if len >= 62 {
-                    r[60..62].copy_from_slice(&qlen.to_ne_bytes());
-                }
-                let res = record(&r).and_then(|ev| Query::from_event(&ev));
-                let fits = len.is_multiple_of(8)
-                    && (72..=320).contains(&len)
-                    && len >= record_len(usize::from(qlen));
-                assert_eq!(record(&r).is_ok(), fits, "{len} bytes, qname_len {qlen}");
-                if !fits {
-                    assert!(res.is_err());
-                }
-            }
-        }
     }
 
     #[test]

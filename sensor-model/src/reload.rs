@@ -24,13 +24,13 @@ use std::{
 
 use futures::{Stream, StreamExt as _};
 
-use crate::domainset::ListError;
-
 /// Why a reload failed. The previous state stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// A list file (trusted domains, feeds) that did not parse; the intel crate converts its
+    /// `ListError` into this.
     #[error(transparent)]
-    List(#[from] ListError),
+    List(Box<dyn std::error::Error + Send + Sync>),
     /// For reloadable things whose files are not lists (the asset inventory's CSV, ...).
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync>),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// A secret value. Read it with [`Secret::expose`] only where it goes on the wire.
 #[derive(Clone, PartialEq, Eq)]

@@ -67,14 +67,14 @@ pub struct MetricsSection {
 }
 
 impl MetricsSection {
-    pub fn address(&self) -> Result<Option<SocketAddr>, crate::config::ConfigError> {
+    pub fn address(&self) -> Result<Option<SocketAddr>, sensor_model::error::ConfigError> {
         if self.listen.is_empty() {
             return Ok(None);
         }
         self.listen
             .parse()
             .map(Some)
-            .map_err(|_| crate::config::ConfigError::Invalid {
+            .map_err(|_| sensor_model::error::ConfigError::Invalid {
                 key: "metrics.listen",
                 message: format!(
                     "{:?} is not host:port (e.g. \"127.0.0.1:9153\")",

@@ -3,18 +3,53 @@
 use std::{
     collections::HashMap,
     io::{self, Write},
-    sync::{Arc, atomic::Ordering},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
+use futures::future::BoxFuture;
+use sensor_model::{
+    clock::WallClock, counters::StageCounters, encode::Encoder, enriched::Enriched,
+};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::{
-    clock::WallClock,
-    config::{OutputKind, OutputSection},
-    encode::Encoder,
-    enrich::Enriched,
-    reader::StageCounters,
-};
+use crate::{metrics::Metric, sink::Sink};
+
+/// Where events go.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    #[default]
+    Stdout,
+    File,
+}
+
+/// `[output]`: the JSON-lines sink.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    pub kind: OutputKind,
+    /// File to append to when `kind = "file"`.
+    pub path: Option<PathBuf>,
+    /// Events held between the ring-buffer reader and the writer; beyond it events are dropped
+    /// and counted, so a slow disk never stalls the ring buffer.
+    pub queue_size: usize,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            kind: OutputKind::Stdout,
+            path: None,
+            queue_size: 65536,
+        }
+    }
+}
 
 /// Opens the configured writer.
 pub fn open(cfg: &OutputSection) -> io::Result<Box<dyn Write + Send>> {
@@ -74,4 +109,80 @@ pub fn write_all(
         }
     }
     let _ = out.flush();
+}
+
+/// The JSON-lines output as a [`Sink`]: a bounded queue (`output.queue_size`) in front of the
+/// writer thread; a full queue is a counted drop (`output_queue_full`), never a wait.
+pub struct JsonLines {
+    tx: mpsc::Sender<Enriched>,
+    queue_full: AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl JsonLines {
+    /// Opens the configured writer and starts its thread.
+    pub fn start(
+        cfg: &OutputSection,
+        observer: String,
+        interfaces: HashMap<u32, String>,
+        counters: Arc<StageCounters>,
+    ) -> io::Result<Self> {
+        let sink = open(cfg)?;
+        let (tx, rx) = mpsc::channel(cfg.queue_size);
+        let writer = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || write_all(rx, sink, observer, interfaces, counters))?;
+        Ok(Self {
+            tx,
+            queue_full: AtomicU64::new(0),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The queue in front of the writer, for its depth metric.
+    pub fn queue(&self) -> &mpsc::Sender<Enriched> {
+        &self.tx
+    }
+}
+
+impl Sink for JsonLines {
+    fn name(&self) -> &'static str {
+        "output"
+    }
+
+    fn offer(&self, event: &Enriched) {
+        if self.tx.try_send(event.clone()).is_err() {
+            self.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        vec![Metric::counter(
+            "output_queue_full",
+            "Events the JSON-lines output could not take (its queue was full).",
+            self.queue_full.load(Ordering::Relaxed),
+        )]
+    }
+
+    /// Closes the queue and waits for the writer to write and flush what it holds (writes are
+    /// blocking, so the join runs off the runtime's threads). `grace` does not apply: a line
+    /// queued here is never given up.
+    fn shutdown(self: Arc<Self>, _grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            // The fan-out has stopped and the metrics collectors have let go: this is the last
+            // handle, and dropping it closes the queue, which ends the writer.
+            let Ok(me) = Arc::try_unwrap(self) else {
+                tracing::error!("output: still shared at shutdown, not waiting for the writer");
+                return;
+            };
+            let writer = me.writer.into_inner().unwrap_or_else(|p| p.into_inner());
+            drop(me.tx);
+            if let Some(w) = writer {
+                match tokio::task::spawn_blocking(move || w.join()).await {
+                    Ok(Ok(())) => {}
+                    _ => tracing::error!("output: the writer thread panicked"),
+                }
+            }
+        })
+    }
 }

@@ -7,14 +7,9 @@ use std::{net::IpAddr, time::Instant};
 use serde_json::json;
 use time::macros::{date, datetime};
 
-use crate::{
-    blocklist::{
-        collect::{AlertSource, ReadSection, Reader},
-        neverblock::NeverBlock,
-        schedule::ScheduleSection,
-    },
-    testkit::osmem::{Client, Osmem},
-};
+use sensor_blocklist::{collect::{AlertSource, ReadSection, Reader}, neverblock::NeverBlock, schedule::ScheduleSection};
+
+use crate::osmem::{Client, Osmem};
 
 pub struct CollectBench {
     pub documents: usize,

@@ -1,5 +1,5 @@
 //! A fake ThreatBook v3 server for tests: `/v3/scene/dns` and `/v3/scene/ip_reputation` on
-//! `127.0.0.1:0`, answering in the documented wire format (see [`crate::intel::threatbook`] for
+//! `127.0.0.1:0`, answering in the documented wire format (see [`sensor_intel::threatbook`] for
 //! the sources). It renders its answers with `serde_json::json!` rather than the client's types,
 //! so a mistake in the client's reading of the format is not mirrored here.
 //!

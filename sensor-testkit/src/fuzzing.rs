@@ -19,24 +19,17 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::{
-    alert::{SendError, wecom},
-    blocklist::{
-        collect::{self, Collected},
-        reputation::{IpVerdict, ReputationCache},
-        store::{Entry, Plan, Store, Summary},
-    },
-    config::{Config, ConfigError},
-    decode::{self, Query},
-    domainset::{self, DomainSet, EntryKind, ListError, MAX_LABEL_LEN, MAX_NAME_LEN, Pattern},
-    encode::Encoder,
-    intel::{self, Confidence, LookupError, Severity, feeds::IpSet, threatbook},
-    inventory::{Inventory, InventoryError},
-    sink::{
-        elastic::{BulkAnswer, read_bulk_answer},
-        kafka::spool::Spool,
-    },
-};
+use sensor_outputs::{alert::{SendError, wecom}, sink::{elastic::{BulkAnswer, read_bulk_answer}, kafka::spool::Spool}};
+
+use sensor_blocklist::{collect, collect::Collected, reputation::{IpVerdict, ReputationCache}, store::{Entry, Plan, Store, Summary}};
+
+use sensor::config::Config;
+
+use sensor_model::{error::ConfigError, query::Query, encode::Encoder, verdict::{Confidence, Severity}};
+
+use sensor_kernel::decode;
+
+use sensor_intel::{self, domainset, LookupError, threatbook, domainset::{DomainSet, EntryKind, ListError, MAX_LABEL_LEN, MAX_NAME_LEN, Pattern}, feeds::IpSet, inventory::{Inventory, InventoryError}};
 
 /// A fuzz target: its name (the file under `fuzz/fuzz_targets/` and the corpus folder) and body.
 pub type Target = (&'static str, fn(&[u8]));
@@ -94,7 +87,7 @@ pub fn ring_record(data: &[u8]) {
 /// text as a list or config entry (which must come out normalised, parse to itself again, and be
 /// found by a set holding it).
 pub fn dns_name(data: &[u8]) {
-    if let Ok(name) = decode::presentation_name(data) {
+    if let Ok(name) = sensor_model::query::presentation_name(data) {
         assert!(
             name.bytes().all(|b| (32..=126).contains(&b)),
             "presentation form {name:?} is printable ASCII"
@@ -457,7 +450,7 @@ fn kafka_spool(dir: &Path, bytes: &[u8]) {
     }
     let total: u64 = segments.iter().map(|s| s.len() as u64).sum();
     let (mut spool, recovered) =
-        Spool::open(dir, crate::sink::kafka::spool::MIN_MAX_BYTES).expect("open");
+        Spool::open(dir, sensor_outputs::sink::kafka::spool::MIN_MAX_BYTES).expect("open");
     assert!(recovered.bytes + recovered.truncated_bytes <= total);
     assert_eq!(recovered.records, expected.len() as u64);
     let mut read = Vec::new();
@@ -544,7 +537,7 @@ pub fn threatbook_answer(data: &[u8]) {
     if sel & 0x80 == 0 {
         let keys: Vec<String> = answer["domains"]
             .as_object()
-            .map(|o| o.keys().map(|k| intel::normalise(k)).collect())
+            .map(|o| o.keys().map(|k| sensor_model::verdict::normalise(k)).collect())
             .unwrap_or_default();
         let asked: HashSet<&str> = keys
             .iter()
@@ -556,7 +549,7 @@ pub fn threatbook_answer(data: &[u8]) {
         };
         for (name, finding) in &answers {
             assert!(asked.contains(name.as_str()), "{name} was not asked about");
-            assert_eq!(*name, intel::normalise(name));
+            assert_eq!(*name, sensor_model::verdict::normalise(name));
             assert_eq!(finding.provider, "threatbook");
             assert!(finding.ip_context.is_none());
             assert!(finding.tags.iter().all(|t| !t.trim().is_empty()));
@@ -909,7 +902,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add(
         "config",
         "example",
-        include_bytes!("../../../config/sensor.example.toml").to_vec(),
+        include_bytes!("../../config/sensor.example.toml").to_vec(),
     );
     add(
         "config",
@@ -1054,7 +1047,7 @@ fn state_seeds() -> Vec<(String, Vec<u8>)> {
     let spool_dir = scratch_dir();
     {
         let (mut spool, _) =
-            Spool::open(spool_dir.path(), crate::sink::kafka::spool::MIN_MAX_BYTES).expect("open");
+            Spool::open(spool_dir.path(), sensor_outputs::sink::kafka::spool::MIN_MAX_BYTES).expect("open");
         for i in 0..3 {
             spool
                 .append(

@@ -15,20 +15,11 @@ use std::{
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::{
-    decode::Query,
-    enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents},
-    intel::{
-        Assessment, Provider,
-        batch::{Batcher, Limits},
-        cache::{CacheSection, Source, VerdictCache},
-        feeds::{FeedConfig, FeedKind, LocalFeeds},
-        threatbook::{ThreatBook, ThreatBookSection},
-    },
-    secret::{Secret, SecretSource},
-    testkit::fake_threatbook::{FakeThreatBook, FakeVerdict},
-    trust::{TrustFilter, TrustSection},
-};
+use sensor_model::{query::Query, verdict::Assessment, secret::{Secret, SecretSource}};
+
+use sensor_intel::{Provider, enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents}, batch::{Batcher, Limits}, cache::{CacheSection, Source, VerdictCache}, feeds::{FeedConfig, FeedKind, LocalFeeds}, threatbook::{ThreatBook, ThreatBookSection}, trust::{TrustFilter, TrustSection}};
+
+use crate::fake_threatbook::{FakeThreatBook, FakeVerdict};
 
 /// Counts hits; the bench measures the stage, not the alerter.
 #[derive(Default)]
@@ -126,8 +117,8 @@ pub fn cache_hits(events: usize, trusted_entries: usize) -> anyhow::Result<HitPa
             name: "bench".into(),
             kind: FeedKind::Domains,
             path: feed_file,
-            severity: crate::intel::Severity::High,
-            confidence: crate::intel::Confidence::High,
+            severity: sensor_model::verdict::Severity::High,
+            confidence: sensor_model::verdict::Confidence::High,
             reload_interval_ms: 0,
         }])
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -261,13 +261,11 @@ fn thread_cpu_seconds() -> f64 {
 pub fn bench_elastic(docs: u64) -> ElasticBench {
     use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering};
 
-    use crate::{
-        decode::Query,
-        enrich::Enriched,
-        intel::{Assessment, Confidence, Finding, Severity, Verdict},
-        inventory::Inventory,
-        sink::elastic::{ElasticSection, ElasticSink, document},
-    };
+    use sensor_model::{query::Query, enriched::Enriched, verdict::{Assessment, Confidence, Finding, Severity, Verdict}};
+
+    use sensor_intel::inventory::Inventory;
+
+    use sensor_outputs::sink::elastic::{ElasticSection, ElasticSink, document};
 
     let assessment = Arc::new(Assessment {
         verdict: Verdict::Malicious,

@@ -26,11 +26,9 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer as _},
 };
 
-use crate::{
-    decode::Query,
-    enrich::Enriched,
-    sink::kafka::{KafkaSection, KafkaSink},
-};
+use sensor_model::{query::Query, enriched::Enriched};
+
+use sensor_outputs::sink::kafka::{KafkaSection, KafkaSink};
 
 /// The tansu release the setup step installs.
 pub const VERSION: &str = "0.6.0";

@@ -4,7 +4,9 @@
 //! once the file parses, every check below runs and each problem is one line naming its key,
 //! so an operator fixes them all in one round instead of one per restart.
 
-use crate::{config::Config, secret::SecretSource};
+use crate::config::Config;
+
+use sensor_model::secret::SecretSource;
 
 /// One problem: the config key it is about and what is wrong, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +42,11 @@ pub fn check(config: &Config, check_interfaces: bool) -> Vec<Problem> {
         }
     }
     if (!config.trust.domains.is_empty() || !config.trust.files.is_empty())
-        && let Err(e) = crate::trust::TrustFilter::new(&config.trust)
+        && let Err(e) = sensor_intel::trust::TrustFilter::new(&config.trust)
     {
         add("trust.files", e.to_string());
     }
-    if let Err(e) = crate::intel::feeds::LocalFeeds::load(&config.intel.feeds) {
+    if let Err(e) = sensor_intel::feeds::LocalFeeds::load(&config.intel.feeds) {
         add("intel.feeds", e.to_string());
     }
     if let Err(e) = config.alerts.load_inventory() {

@@ -3,27 +3,13 @@
 //! Every option is documented in `config/sensor.example.toml`, which a test parses. Errors name
 //! the key they are about, on one line.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use sensor_blocklist::job::JobContext;
+use sensor_outputs::output::OutputKind;
+use sensor_model::error::{ConfigError, parse_nets};
 use serde::Deserialize;
-
-/// Errors from reading or validating a configuration file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -31,25 +17,25 @@ pub struct Config {
     #[serde(default)]
     pub sensor: SensorSection,
     #[serde(default)]
-    pub capture: CaptureSection,
+    pub capture: sensor_kernel::config::CaptureSection,
     #[serde(default)]
-    pub filter: FilterSection,
+    pub filter: sensor_kernel::config::FilterSection,
     #[serde(default)]
-    pub blocklist: BlocklistSection,
+    pub blocklist: sensor_blocklist::config::BlocklistSection,
     #[serde(default)]
-    pub output: OutputSection,
+    pub output: sensor_outputs::output::OutputSection,
     #[serde(default)]
-    pub trust: crate::trust::TrustSection,
+    pub trust: sensor_intel::trust::TrustSection,
     #[serde(default)]
-    pub intel: crate::intel::IntelSection,
+    pub intel: sensor_intel::IntelSection,
     #[serde(default)]
-    pub alerts: crate::alert::AlertsSection,
+    pub alerts: sensor_outputs::alert::AlertsSection,
     #[serde(default)]
-    pub metrics: crate::metrics::MetricsSection,
+    pub metrics: sensor_outputs::metrics::MetricsSection,
     /// `[kafka]`: off unless the section is present.
-    pub kafka: Option<crate::sink::kafka::KafkaSection>,
+    pub kafka: Option<sensor_outputs::sink::kafka::KafkaSection>,
     /// `[elasticsearch]`: off unless the section is present.
-    pub elasticsearch: Option<crate::sink::elastic::ElasticSection>,
+    pub elasticsearch: Option<sensor_outputs::sink::elastic::ElasticSection>,
 }
 
 /// `[sensor]`: identity of this sensor instance.
@@ -67,155 +53,7 @@ impl Default for SensorSection {
     fn default() -> Self {
         Self {
             name: "default".into(),
-            pin_root: PathBuf::from("/sys/fs/bpf/dns-sensor"),
-        }
-    }
-}
-
-/// XDP attach mode.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpAttachMode {
-    /// Native (driver) mode when the driver supports it, otherwise generic.
-    #[default]
-    Auto,
-    /// Driver mode only; fails on drivers without XDP support.
-    Native,
-    /// Generic (SKB) mode: works on every interface, slower.
-    Skb,
-}
-
-/// What the program does with packets it has read.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CaptureMode {
-    /// On a gateway or host: everything not blocklisted passes.
-    #[default]
-    Inline,
-    /// On a SPAN/mirror port: packets are copies and are dropped once read.
-    Mirror,
-}
-
-/// What happens to the XDP attachment when the daemon dies without cleaning up (`kill -9`, a
-/// crash, the OOM killer).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnCrash {
-    /// The attachment belongs to the process and goes with it: traffic flows unfiltered and
-    /// unobserved until the sensor is back (a sensor must never be the reason the network stops).
-    #[default]
-    FailOpen,
-    /// The attachment is pinned on bpffs and outlives the process: the BLOCKLIST keeps dropping
-    /// (and counting), queries are no longer reported (the ring buffer fills, counted as
-    /// `ring_full`). The next start takes the pinned attachment over in place (one atomic
-    /// program swap, never two attachments and never a moment without one).
-    KeepBlocking,
-}
-
-/// `[capture]`: where and how the XDP program runs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CaptureSection {
-    pub interfaces: Vec<String>,
-    pub xdp_mode: XdpAttachMode,
-    pub mode: CaptureMode,
-    /// UDP and TCP destination ports carrying DNS queries (at most 8).
-    pub dns_ports: Vec<u16>,
-    /// Nanosecond event timestamps (`bpf_ktime_get_ns`) instead of the coarse clock (one
-    /// scheduler tick). Costs a clock read per event, expensive on some virtual machines.
-    pub precise_timestamps: bool,
-    /// What the attachment does when the daemon dies without cleaning up.
-    pub on_crash: OnCrash,
-}
-
-impl Default for CaptureSection {
-    fn default() -> Self {
-        Self {
-            interfaces: Vec::new(),
-            xdp_mode: XdpAttachMode::Auto,
-            mode: CaptureMode::Inline,
-            dns_ports: vec![53],
-            precise_timestamps: false,
-            on_crash: OnCrash::FailOpen,
-        }
-    }
-}
-
-/// `[filter]`: what never becomes an event.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilterSection {
-    /// Clients (IPs or CIDRs) whose queries make no event (resolvers, known servers).
-    pub client_allow: Vec<String>,
-}
-
-/// `[blocklist]`: sources dropped in the kernel.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BlocklistSection {
-    /// Sources (IPs or CIDRs) whose packets are dropped by XDP.
-    pub entries: Vec<String>,
-    /// Keep the pinned BLOCKLIST map when the sensor stops, and reuse it on the next start.
-    pub keep_on_exit: bool,
-    /// `[blocklist.schedule]`: when the daemon runs the nightly job.
-    pub schedule: crate::blocklist::schedule::ScheduleSection,
-    /// `[[blocklist.sources]]`: where the security devices' alerts are.
-    pub sources: Vec<crate::blocklist::collect::AlertSource>,
-    /// `[blocklist.elasticsearch]`: the log platform holding them.
-    pub elasticsearch: crate::blocklist::collect::ReadSection,
-    /// `[blocklist.reputation]`: verdict reuse across nights.
-    pub reputation: crate::blocklist::reputation::ReputationSection,
-    /// `[blocklist.policy]`: thresholds, expiry, safety limits, never-block list, state.
-    pub policy: crate::blocklist::store::PolicySection,
-    /// `[blocklist.edl]`: the list file and its HTTP server.
-    pub edl: crate::blocklist::edl::EdlSection,
-    /// Where each night's results (CSV and JSON lines) are written.
-    pub results_dir: PathBuf,
-}
-
-impl Default for BlocklistSection {
-    fn default() -> Self {
-        Self {
-            entries: Vec::new(),
-            keep_on_exit: false,
-            schedule: Default::default(),
-            sources: Vec::new(),
-            elasticsearch: Default::default(),
-            reputation: Default::default(),
-            policy: Default::default(),
-            edl: Default::default(),
-            results_dir: PathBuf::from("/var/lib/dns-sensor/blocklist/results"),
-        }
-    }
-}
-
-/// Where events go.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputKind {
-    #[default]
-    Stdout,
-    File,
-}
-
-/// `[output]`: the JSON-lines sink.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutputSection {
-    pub kind: OutputKind,
-    /// File to append to when `kind = "file"`.
-    pub path: Option<PathBuf>,
-    /// Events held between the ring-buffer reader and the writer; beyond it events are dropped
-    /// and counted, so a slow disk never stalls the ring buffer.
-    pub queue_size: usize,
-}
-
-impl Default for OutputSection {
-    fn default() -> Self {
-        Self {
-            kind: OutputKind::Stdout,
-            path: None,
-            queue_size: 65536,
+            pin_root: PathBuf::from(sensor_model::paths::PIN_ROOT),
         }
     }
 }
@@ -313,35 +151,22 @@ impl Config {
         parse_nets("blocklist.entries", &self.blocklist.entries).unwrap_or_default()
     }
 
+    /// What the nightly job needs from this config.
+    pub fn job_context(&self) -> JobContext {
+        JobContext {
+            blocklist: self.blocklist.clone(),
+            threatbook: self.intel.threatbook.clone(),
+            client_allow: self.client_allow(),
+            alerts: self.alerts.clone(),
+            sensor_name: self.sensor.name.clone(),
+            pin_dir: self.pin_dir(),
+        }
+    }
+
     /// Directory holding this instance's pinned maps.
     pub fn pin_dir(&self) -> PathBuf {
         self.sensor.pin_root.join(&self.sensor.name)
     }
-}
-
-/// Parses IPs (as host routes) and CIDRs; host bits set in a CIDR are an error, since
-/// `10.1.2.3/8` is more likely a typo than a wish to block 10/8.
-pub fn parse_nets(key: &'static str, items: &[String]) -> Result<Vec<IpNet>, ConfigError> {
-    items
-        .iter()
-        .map(|s| {
-            let s = s.trim();
-            if let Ok(ip) = s.parse::<IpAddr>() {
-                return Ok(IpNet::from(ip));
-            }
-            let net = s.parse::<IpNet>().map_err(|_| ConfigError::Invalid {
-                key,
-                message: format!("{s:?} is not an IP address or CIDR"),
-            })?;
-            if net.trunc() != net {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: format!("{s:?} has host bits set (did you mean {}?)", net.trunc()),
-                });
-            }
-            Ok(net)
-        })
-        .collect()
 }
 
 /// toml's errors span several lines (a source snippet); keep the message and the line number.
@@ -413,12 +238,12 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let value: toml::Value = toml::from_str(&optional).unwrap();
-        let tb: crate::intel::threatbook::ThreatBookSection =
+        let tb: sensor_intel::threatbook::ThreatBookSection =
             value["intel"]["threatbook"].clone().try_into().unwrap();
         assert_eq!(tb, Default::default());
-        let feeds: Vec<crate::intel::feeds::FeedConfig> =
+        let feeds: Vec<sensor_intel::feeds::FeedConfig> =
             value["intel"]["feeds"].clone().try_into().unwrap();
-        let defaults: crate::intel::feeds::FeedConfig = toml::from_str(
+        let defaults: sensor_intel::feeds::FeedConfig = toml::from_str(
             "name = \"local-blocklist\"\nkind = \"domains\"\npath = \"/etc/dns-sensor/malicious-domains.txt\"",
         )
         .unwrap();

@@ -6,11 +6,11 @@ use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use sensor_common::{AllowValue, BlockValue};
 
-use crate::{
-    config::Config,
-    prefixes::PrefixMap,
-    reload::{Reload, ReloadCounters, ReloadError},
-};
+use crate::config::Config;
+
+use sensor_kernel::lists::PrefixMap;
+
+use sensor_model::reload::{Reload, ReloadCounters, ReloadError};
 
 /// Installs the config's `filter.client_allow`, and `blocklist.entries` beside the stored
 /// nightly list (entries not yet expired). Returns how many entries each map holds.
@@ -18,10 +18,10 @@ pub fn install(
     config: &Config,
     allow: &mut PrefixMap<AllowValue>,
     block: &mut PrefixMap<BlockValue>,
-) -> Result<(usize, usize), crate::prefixes::PrefixError> {
+) -> Result<(usize, usize), sensor_kernel::lists::PrefixError> {
     let allowed = config.client_allow();
     allow.replace_all(&allowed)?;
-    let blocked = match crate::blocklist::daemon::install_stored(config, block) {
+    let blocked = match sensor_blocklist::daemon::install_stored(&config.blocklist, block) {
         Some(report) => report.total,
         None => {
             let static_entries = config.blocklist();

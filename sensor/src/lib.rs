@@ -1,32 +1,14 @@
-//! The DNS sensor's userspace: config, loader, ring-buffer reader, decoder, JSON output.
+//! The `sensor` program: the command line ([`cli`], one module per subcommand), the root
+//! [`config`], the one composition root that builds, runs and shuts down the stages
+//! ([`pipeline`]), the config checks a start needs ([`check`]), the kernel
+//! lists re-read from the config on SIGHUP ([`kernel_lists`]) and the metrics every stage
+//! reports ([`telemetry`]).
 //!
-//! Stages, in the order events flow: [`loader`] (kernel program and maps) → [`reader`] (ring
-//! buffer) → [`decode`] (owned events) → [`output`] (JSON lines).
+//! The only crate that sees the root [`config::Config`]: every layer below takes its own section.
 
-pub mod alert;
-pub mod blocklist;
-pub mod bpffs;
 pub mod check;
-pub mod clock;
+pub mod cli;
 pub mod config;
-pub mod decode;
-pub mod domainset;
-pub mod encode;
-pub mod enrich;
-pub mod intel;
-pub mod inventory;
 pub mod kernel_lists;
-pub mod loader;
-pub mod metrics;
-pub mod output;
-pub mod prefixes;
-pub mod privileges;
-pub mod reader;
-pub mod reload;
-pub mod run;
-pub mod secret;
-pub mod sink;
-pub mod stats;
+pub mod pipeline;
 pub mod telemetry;
-pub mod testkit;
-pub mod trust;

@@ -6,13 +6,11 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::mpsc;
 
-use crate::{
-    alert::StatsHandle,
-    enrich::EnrichCounters,
-    intel::{batch::REASONS, cache::Source, cache::VerdictCache},
-    metrics::{Kind, Metric, Sources},
-    reader::StageCounters,
-};
+use sensor_outputs::{alert::StatsHandle, metrics::{Kind, Metric, Sources}};
+
+use sensor_intel::{enrich::EnrichCounters, batch::REASONS, cache::{Source, VerdictCache}};
+
+use sensor_model::counters::StageCounters;
 
 fn named(prefix: &str, name: &str, help: &'static str, kind: Kind, value: f64) -> Metric {
     Metric {
@@ -27,7 +25,7 @@ fn named(prefix: &str, name: &str, help: &'static str, kind: Kind, value: f64) -
 /// The kernel's per-CPU counters, summed, read from the pinned map on each scrape.
 pub fn kernel(sources: &mut Sources, pin_dir: PathBuf) {
     sources.add(move |out| {
-        let Ok(c) = crate::stats::read(&pin_dir) else {
+        let Ok(c) = sensor_kernel::stats::read(&pin_dir) else {
             return;
         };
         for &k in sensor_common::Counter::ALL {

@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use sensor_common::{BlockValue, map_names};
 use serde::Serialize;
 
-use super::neverblock::canonical_net;
-use crate::prefixes::{PrefixError, PrefixMap, filter_words, lpm_key};
+use super::canonical_net;
+use crate::lists::{PrefixError, PrefixMap, filter_words, lpm_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

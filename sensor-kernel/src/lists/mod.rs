@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use sensor_common::{LpmAddr, PREFIX_FILTER_WORDS, ipv4_mapped, prefix_filter_bucket};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,17 @@ pub enum PrefixError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+}
+
+/// An IPv4-mapped IPv6 CIDR as the IPv4 CIDR it is (the kernel map stores both the same way).
+pub fn canonical_net(net: &IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(Ipv4Net::new(v4, n.prefix_len() - 96).expect("prefix <= 32")),
+            None => *net,
+        },
+        _ => *net,
+    }
 }
 
 /// A CIDR as the tries store it: IPv4 mapped into IPv6 with prefix length + 96.
@@ -257,3 +268,4 @@ mod tests {
         }
     }
 }
+pub mod blocklist;

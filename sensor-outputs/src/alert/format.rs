@@ -22,7 +22,7 @@ use time::{
 };
 
 use super::{Alert, AlertKind};
-use crate::intel::Severity;
+use sensor_model::verdict::Severity;
 
 /// WeCom's limit on `markdown.content`, in bytes.
 pub const MAX_MARKDOWN_BYTES: usize = 4096;
@@ -179,9 +179,9 @@ fn severity_str(s: Option<Severity>) -> &'static str {
 
 fn confidence_str(alert: &Alert) -> &'static str {
     match alert.assessment.confidence() {
-        Some(crate::intel::Confidence::Low) => "low",
-        Some(crate::intel::Confidence::Medium) => "medium",
-        Some(crate::intel::Confidence::High) => "high",
+        Some(sensor_model::verdict::Confidence::Low) => "low",
+        Some(sensor_model::verdict::Confidence::Medium) => "medium",
+        Some(sensor_model::verdict::Confidence::High) => "high",
         None => "unknown",
     }
 }
@@ -189,7 +189,7 @@ fn confidence_str(alert: &Alert) -> &'static str {
 /// Judgments (or tags) of every finding, first occurrence kept.
 fn union<'a>(
     alert: &'a Alert,
-    pick: impl Fn(&'a crate::intel::Finding) -> &'a [String],
+    pick: impl Fn(&'a sensor_model::verdict::Finding) -> &'a [String],
 ) -> Vec<&'a str> {
     let mut seen = Vec::new();
     for f in &alert.assessment.findings {
@@ -470,7 +470,7 @@ fn digest(
     let mut groups: Vec<((AlertKind, String, String), Vec<usize>)> = Vec::new();
     let mut index: HashMap<(AlertKind, String, String), usize> = HashMap::new();
     for (i, a) in all.iter().enumerate() {
-        let key = (a.kind, crate::intel::normalise(&a.name), a.qtype.clone());
+        let key = (a.kind, sensor_model::verdict::normalise(&a.name), a.qtype.clone());
         let g = *index.entry(key.clone()).or_insert_with(|| {
             groups.push((key, Vec::new()));
             groups.len() - 1
@@ -713,11 +713,9 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::{
-        alert::PairStats,
-        intel::{Assessment, Confidence, Finding, Verdict},
-        inventory::Asset,
-    };
+    use crate::alert::PairStats;
+    use sensor_model::verdict::{Assessment, Confidence, Finding, Verdict};
+    use sensor_intel::inventory::Asset;
 
     fn assessment() -> Arc<Assessment> {
         Arc::new(Assessment {

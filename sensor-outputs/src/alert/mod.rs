@@ -32,15 +32,13 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use crate::{
-    config::ConfigError,
-    intel::{Assessment, Verdict},
-    inventory::{Asset, Inventory, InventoryError},
-    secret::SecretSource,
-};
+use sensor_model::{error::ConfigError, verdict::{Assessment, Verdict}, secret::SecretSource};
+
+use sensor_intel::inventory::{Asset, Inventory, InventoryError};
 
 mod budget;
 pub mod format;
+pub mod hits;
 pub mod notice;
 mod sink;
 mod suppress;
@@ -49,7 +47,7 @@ pub mod wecom;
 
 use format::TimeFmt;
 /// For the fuzz targets (`testkit::fuzzing`), which check how answers are classified.
-pub(crate) use sink::SendError;
+pub use sink::SendError;
 use sink::{Failures, Sink, SinkQueue, Transport};
 use suppress::{Observed, Suppressor};
 
@@ -103,7 +101,7 @@ pub struct AlertsSection {
     /// Alerts each sink keeps waiting for its budget; beyond it alerts are only counted, in the
     /// next message's overflow line. Default 10000.
     pub backlog_size: usize,
-    /// Asset inventory CSV (see [`crate::inventory`]) naming each client's owner. Default none.
+    /// Asset inventory CSV (see [`sensor_intel::inventory`]) naming each client's owner. Default none.
     pub inventory: Option<PathBuf>,
     /// UTC offset for times in messages: `UTC`, or `±HH:MM` (`+08:00` for China). Default `UTC`:
     /// a wrong offset would mislead silently, while UTC is never wrong and every message names

@@ -38,7 +38,7 @@ const THROTTLE_MAX: Duration = Duration::from_secs(60);
 
 /// Why a request failed, classified for the retry policy.
 #[derive(Debug)]
-pub(crate) enum SendError {
+pub enum SendError {
     /// The destination says "too many": wait and retry, however often (nothing is lost).
     Throttled { reason: String },
     /// May succeed later: retried [`MAX_ATTEMPTS`] times with back-off.
@@ -78,7 +78,7 @@ impl SendError {
         }
     }
 
-    pub(crate) fn from_status(status: reqwest::StatusCode) -> Self {
+    pub fn from_status(status: reqwest::StatusCode) -> Self {
         let reason = format!("http_{}", status.as_u16());
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             Self::Throttled { reason }

@@ -15,7 +15,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{Alert, AlertKind, PairStats, Sighting};
-use crate::inventory::Asset;
+use sensor_intel::inventory::Asset;
 
 type PairKey = (IpAddr, String);
 
@@ -67,7 +67,7 @@ impl Suppressor {
         } = sighting;
         let count = count.max(1);
         let last_seen = last_seen.max(hit.seen);
-        let key = (hit.client, crate::intel::normalise(&hit.name));
+        let key = (hit.client, sensor_model::verdict::normalise(&hit.name));
         if let Some(tracked) = self.pairs.get(&key)
             && tracked.deadline > now
         {
@@ -183,7 +183,7 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::intel::{Assessment, Verdict};
+    use sensor_model::verdict::{Assessment, Verdict};
 
     fn hit(client: &str, name: &str, secs: i64) -> crate::alert::Hit {
         crate::alert::Hit {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::sink::SendError;
-use crate::secret::Secret;
+use sensor_model::secret::Secret;
 
 /// The documented path under the API base URL.
 pub const SEND_PATH: &str = "/cgi-bin/webhook/send";
@@ -58,7 +58,7 @@ struct Answer {
 
 /// Reads the body of a 2xx answer: the body decides, never the status alone (see the module
 /// documentation). `scrub` removes the key from text taken from the answer.
-pub(crate) fn read_answer(body: &[u8], scrub: impl Fn(&str) -> String) -> Result<(), SendError> {
+pub fn read_answer(body: &[u8], scrub: impl Fn(&str) -> String) -> Result<(), SendError> {
     // serde's message quotes the offending value, which may be text from the answer.
     let answer: Answer = serde_json::from_slice(body).map_err(|e| SendError::Final {
         reason: "protocol".into(),

@@ -1,6 +1,7 @@
-//! Sinks after the enrichment stage: Kafka (every kept event) and Elasticsearch (malicious
-//! hits). Each has its own bounded queue; offering never blocks the pipeline, and every drop is
-//! counted with its sink and reason.
+//! Sinks after the enrichment stage: Kafka (every kept event), Elasticsearch (malicious hits)
+//! and the JSON-lines output, behind one [`Sink`] trait and a [`Fanout`] over a list of them.
+//! Each has its own bounded queue; offering never blocks the pipeline, and every drop is counted
+//! with its sink and reason.
 
 pub mod elastic;
 pub mod kafka;
@@ -16,46 +17,67 @@ pub enum SinkError {
 
 use std::{
     collections::BTreeMap,
+    time::Duration,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
 
+use futures::future::BoxFuture;
+use sensor_model::enriched::Enriched;
 use tokio::sync::mpsc;
 
-use crate::enrich::Enriched;
+use crate::metrics::Metric;
 
-/// Hands each enriched event to every configured sink, then to the JSON-lines output.
+/// What every output is to the fan-out: it takes events without ever waiting (a full queue is
+/// a counted drop), reports its own metrics, and delivers what it holds when the sensor stops.
+/// Kafka, Elasticsearch and the JSON-lines output implement it; the fan-out holds a list of
+/// them and names none.
+pub trait Sink: Send + Sync {
+    /// Name for logs (`kafka`, `elasticsearch`, `output`).
+    fn name(&self) -> &'static str;
+    /// Takes one event; never blocks the pipeline.
+    fn offer(&self, event: &Enriched);
+    /// The sink's metrics (its counters; every drop by stage and reason).
+    fn metrics(&self) -> Vec<Metric>;
+    /// Delivers what is queued within `grace`, then stops. Called once, after the fan-out has
+    /// stopped and the metrics collectors have let go of their handles.
+    fn shutdown(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// Hands each enriched event to every sink, in the order given.
 pub struct Fanout {
-    /// Shared with the metrics collectors; `run` takes them back for the shutdown.
-    pub kafka: Option<Arc<kafka::KafkaSink>>,
-    pub elastic: Option<Arc<elastic::ElasticSink>>,
-    /// Events the JSON-lines output could not take (its queue was full).
-    pub output_queue_full: Arc<AtomicU64>,
+    sinks: Vec<Arc<dyn Sink>>,
 }
 
 impl Fanout {
+    pub fn new(sinks: Vec<Arc<dyn Sink>>) -> Self {
+        Self { sinks }
+    }
+
+    /// The sinks, for their metrics collectors.
+    pub fn sinks(&self) -> &[Arc<dyn Sink>] {
+        &self.sinks
+    }
+
     /// Runs until `rx` closes; returns the sinks for their shutdown.
-    pub async fn run(
-        self,
-        mut rx: mpsc::Receiver<Enriched>,
-        output: Option<mpsc::Sender<Enriched>>,
-    ) -> Self {
+    pub async fn run(self, mut rx: mpsc::Receiver<Enriched>) -> Self {
         while let Some(e) = rx.recv().await {
-            if let Some(k) = &self.kafka {
-                k.offer(&e);
-            }
-            if let Some(es) = &self.elastic {
-                es.offer(&e);
-            }
-            if let Some(out) = &output
-                && out.try_send(e).is_err()
-            {
-                self.output_queue_full.fetch_add(1, Ordering::Relaxed);
+            for sink in &self.sinks {
+                sink.offer(&e);
             }
         }
         self
+    }
+
+    /// Shuts every sink down in order, each within `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        for sink in self.sinks {
+            let name = sink.name();
+            tracing::debug!(sink = name, "stopping");
+            sink.shutdown(grace).await;
+        }
     }
 }
 

@@ -19,11 +19,9 @@ use std::{
 use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use clap::{Parser, Subcommand};
-use sensor::{
-    config::parse_nets,
-    loader::{self, Maps, ProgramSettings},
-    testkit::{netns::Topology, packet::*, pcap},
-};
+use sensor_model::error::parse_nets;
+use sensor_kernel::{loader, loader::{Maps, ProgramSettings}};
+use sensor_testkit::{pcap, netns::Topology, packet::*};
 use sensor_common::{NOOP_PROGRAM_NAME, PROGRAM_NAME};
 
 #[derive(Parser)]
@@ -142,15 +140,15 @@ fn main() -> anyhow::Result<()> {
             names,
             sample_seconds,
         } => {
-            let opts = sensor::testkit::soak::SoakOptions {
+            let opts = sensor_testkit::soak::SoakOptions {
                 rate,
                 duration: std::time::Duration::from_secs(seconds),
                 warmup: std::time::Duration::from_secs(warmup_seconds),
                 names,
                 sample: std::time::Duration::from_secs(sample_seconds),
-                sensor: sensor::testkit::soak::sensor_beside_me(),
+                sensor: sensor_testkit::soak::sensor_beside_me(),
             };
-            sensor::testkit::soak::run(&opts)
+            sensor_testkit::soak::run(&opts)
                 .map(|_| ())
                 .map_err(|e| anyhow::anyhow!(e))
         }
@@ -159,7 +157,7 @@ fn main() -> anyhow::Result<()> {
             distinct,
             page_size,
         } => {
-            let b = sensor::testkit::collect_bench::run(documents, distinct, &page_size)?;
+            let b = sensor_testkit::collect_bench::run(documents, distinct, &page_size)?;
             println!(
                 "seeded {} alert documents ({} distinct source IPs) in {:.1} s",
                 b.documents, b.distinct, b.seed_seconds
@@ -182,8 +180,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn blocklist_install(n: u32) -> anyhow::Result<()> {
-    use sensor::blocklist::kernel;
-    let name = sensor::testkit::netns::unique("bench");
+    use sensor_kernel::lists::blocklist as kernel;
+    let name = sensor_testkit::netns::unique("bench");
     let dir = PathBuf::from(format!("/sys/fs/bpf/dns-sensor-bench-{name}")).join(&name);
     loader::prepare_pin_dir(&dir, &[])?;
     struct Unpin(PathBuf);
@@ -243,7 +241,7 @@ fn intel(
     names: usize,
     latency_ms: u64,
 ) -> anyhow::Result<()> {
-    use sensor::testkit::intel_bench;
+    use sensor_testkit::intel_bench;
     let hits = intel_bench::cache_hits(events, trusted)?;
     println!(
         "cache-hit path (trust filter of {} entries + verdict cache, 1 thread): {} events in {:.3} s = {:.0} events/s ({:.0} ns/event)",
@@ -283,7 +281,7 @@ fn intel(
 }
 
 fn kafka(events: u64, cpu: usize) -> anyhow::Result<()> {
-    let r = sensor::testkit::tansu::produce_bench(events, cpu, None);
+    let r = sensor_testkit::tansu::produce_bench(events, cpu, None);
     println!(
         "kafka sink -> tansu (compression {}, sink on CPU {cpu}): {} events, {} delivered, {} dropped in {:.2} s = {:.0} events/s; sink CPU {:.2} s = {:.0} events per CPU-second",
         r.compression,
@@ -589,7 +587,7 @@ fn live(n: u32) -> anyhow::Result<()> {
 fn live_runs(topo: &Topology, dir: &Path, capture: &Path, n: u32) -> anyhow::Result<()> {
     let sensor_bin: PathBuf = std::env::current_exe()?.with_file_name("sensor");
     // 1. The sensor.
-    let name = sensor::testkit::netns::unique("bench");
+    let name = sensor_testkit::netns::unique("bench");
     let events = dir.join("events.jsonl");
     let config = dir.join("sensor.toml");
     std::fs::write(
@@ -618,7 +616,7 @@ fn live_runs(topo: &Topology, dir: &Path, capture: &Path, n: u32) -> anyhow::Res
     let sensor_cpu0 = cpu_ns(child.id());
     let (t, rate) = replay(topo, capture)?;
     wait_until(Duration::from_secs(20), || {
-        sensor::stats::read(&pin_dir).is_ok_and(|c| c.packets >= n as u64)
+        sensor_kernel::stats::read(&pin_dir).is_ok_and(|c| c.packets >= n as u64)
     });
     // The file grows by ~450 bytes a line: poll its size, not its lines (cheap, no re-read).
     wait_until(Duration::from_secs(20), || {
@@ -626,7 +624,7 @@ fn live_runs(topo: &Topology, dir: &Path, capture: &Path, n: u32) -> anyhow::Res
             && count_lines(&events) >= n as usize
     });
     let sensor_steady = cpu_ns(child.id()) - sensor_cpu0;
-    let kernel = sensor::stats::read(&pin_dir)?;
+    let kernel = sensor_kernel::stats::read(&pin_dir)?;
     let (xdp_ns, xdp_cnt) = xdp_stats(&topo.host_if)?;
     let sensor_cpu = stop_and_rusage(child.id() as i32, nix::sys::signal::Signal::SIGTERM)?;
     let received = count_lines(&events);

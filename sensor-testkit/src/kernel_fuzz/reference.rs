@@ -216,7 +216,7 @@ impl PrefixList {
     fn new(nets: &[IpNet]) -> Self {
         Self {
             entries: nets.iter().copied().map(Entry::new).collect(),
-            filter: crate::prefixes::filter_words(nets.iter().copied()),
+            filter: sensor_kernel::lists::filter_words(nets.iter().copied()),
         }
     }
 
@@ -656,10 +656,7 @@ fn dns_gate(msg: &[u8], tcp: bool) -> Result<Question, Counter> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::packet::{
-        DnsHeader, ETH_IPV6, Ext, UDP, dns_message, dns_query, ether, ip_frame, ipv6, question,
-        udp, udp_query_frame, wire_name,
-    };
+    use crate::packet::{DnsHeader, ETH_IPV6, Ext, UDP, dns_message, dns_query, ether, ip_frame, ipv6, question, udp, udp_query_frame, wire_name};
     use std::net::IpAddr;
 
     fn scope() -> Scope {

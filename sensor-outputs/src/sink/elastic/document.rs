@@ -1,6 +1,6 @@
 //! The indexed document, its `_id`, and the index it goes to.
 //!
-//! The document is the sensor's ECS event ([`crate::decode::Document`], the same fields the
+//! The document is the sensor's ECS event ([`sensor_model::document::Document`], the same fields the
 //! JSON-lines output and Packetbeat write) plus:
 //! - `threat.indicator.*` for a malicious name: `type: "domain-name"`, `name` and `url.domain`
 //!   (the queried name), `provider` (every provider that called it malicious), `confidence`
@@ -18,13 +18,9 @@ use std::{collections::HashMap, fmt::Write as _, io::Write as _, net::IpAddr, sy
 use serde::Serialize;
 use time::{Date, OffsetDateTime, format_description::FormatItem, macros::format_description};
 
-use crate::{
-    clock::WallClock,
-    decode::Document,
-    enrich::Enriched,
-    intel::{Confidence, Finding, IntelDoc, Verdict},
-    inventory::Inventory,
-};
+use sensor_model::{clock::WallClock, document::Document, enriched::Enriched, verdict::{Confidence, Finding, IntelDoc, Verdict}};
+
+use sensor_intel::inventory::Inventory;
 
 /// One piece of an index name pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,17 +35,16 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::SinkError;
-use crate::{
-    config::ConfigError, enrich::Enriched, intel::Verdict, inventory::Inventory, metrics::Metric,
-    secret::SecretSource,
-};
+use sensor_model::{error::ConfigError, enriched::Enriched, verdict::Verdict, secret::SecretSource};
+use sensor_intel::inventory::Inventory;
+use crate::metrics::Metric;
 
 pub mod document;
 pub mod template;
 mod worker;
 
 /// For the fuzz targets (`testkit::fuzzing`).
-pub(crate) use worker::{BulkAnswer, read_bulk_answer};
+pub use worker::{BulkAnswer, read_bulk_answer};
 
 /// Which events the sink writes.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -468,6 +467,26 @@ impl ElasticSink {
             // The worker counts what it still holds and returns at its next await point.
             let _ = task.await;
         }
+    }
+}
+
+impl super::Sink for ElasticSink {
+    fn name(&self) -> &'static str {
+        "elasticsearch"
+    }
+    fn offer(&self, event: &Enriched) {
+        ElasticSink::offer(self, event);
+    }
+    fn metrics(&self) -> Vec<Metric> {
+        ElasticSink::metrics(self)
+    }
+    fn shutdown(self: Arc<Self>, grace: Duration) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            match Arc::try_unwrap(self) {
+                Ok(sink) => sink.shutdown(grace).await,
+                Err(_) => tracing::error!("elasticsearch: still shared at shutdown, not flushed"),
+            }
+        })
     }
 }
 

@@ -4,10 +4,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::{
-    decode::Query,
-    intel::{Assessment, Confidence, Finding, Severity},
-};
+use sensor_model::{query::Query, verdict::{Assessment, Confidence, Finding, Severity}};
 
 #[test]
 fn defaults_validate_and_parse() {

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use super::{ElasticCounters, ElasticSection, document::Builder, template};
-use crate::{config::ConfigError, enrich::Enriched, secret::Secret};
+use sensor_model::{error::ConfigError, enriched::Enriched, secret::Secret};
 
 enum Auth {
     None,
@@ -172,20 +172,20 @@ struct ItemWrap {
 
 /// One item's outcome in a bulk answer.
 #[derive(Debug, Deserialize)]
-pub(crate) struct ItemResult {
-    pub(crate) status: u16,
-    pub(crate) error: Option<ItemError>,
+pub struct ItemResult {
+    pub status: u16,
+    pub error: Option<ItemError>,
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct ItemError {
+pub struct ItemError {
     #[serde(rename = "type")]
-    pub(crate) kind: String,
+    pub kind: String,
 }
 
 /// What a 2xx `_bulk` answer says about the items sent.
 #[derive(Debug)]
-pub(crate) enum BulkAnswer {
+pub enum BulkAnswer {
     /// `"errors": false`: every item is indexed.
     AllIndexed,
     /// One result per item sent, in order.
@@ -195,7 +195,7 @@ pub(crate) enum BulkAnswer {
 }
 
 /// Reads a 2xx `_bulk` answer to `sent` items.
-pub(crate) fn read_bulk_answer(answer: &[u8], sent: usize) -> BulkAnswer {
+pub fn read_bulk_answer(answer: &[u8], sent: usize) -> BulkAnswer {
     match serde_json::from_slice::<BulkHead>(answer) {
         Ok(head) if !head.errors => return BulkAnswer::AllIndexed,
         Ok(_) => {}

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::{config::ConfigError, intel::Verdict, secret::SecretSource};
+use sensor_model::{error::ConfigError, verdict::Verdict, secret::SecretSource};
 
 /// Which events the sink produces: a set of verdicts, plus "no verdict" (threat intel is off, so
 /// the event carries none).
@@ -386,6 +386,7 @@ impl KafkaSection {
     /// The librdkafka configuration: our options, then `properties`, then the resolved
     /// `secrets`. The result holds secrets: never log it (`ClientConfig`'s `Debug` prints
     /// values).
+    #[cfg(feature = "kafka")]
     pub(crate) fn client_config(&self) -> Result<rdkafka::ClientConfig, ConfigError> {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", self.brokers.join(","))

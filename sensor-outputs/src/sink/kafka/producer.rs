@@ -20,7 +20,7 @@ use rdkafka::{
 use tokio::sync::mpsc;
 
 use super::{KafkaCounters, KafkaSection, spool::Spool};
-use crate::{clock::WallClock, encode::Encoder, enrich::Enriched};
+use sensor_model::{clock::WallClock, encode::Encoder, enriched::Enriched};
 
 /// What the producer task and librdkafka's callback thread share.
 pub(crate) struct Shared {

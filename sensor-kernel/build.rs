@@ -1,4 +1,4 @@
-//! Builds the XDP program (sensor-ebpf) into OUT_DIR, where `src/loader.rs` embeds it.
+//! Builds the XDP program (sensor-ebpf) into OUT_DIR, where `sensor-kernel/src/loader.rs` embeds it.
 //! `cargo xtask build-ebpf` calls the same function (crate sensor-build): one build path.
 use std::path::Path;
 
@@ -6,7 +6,7 @@ fn main() {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
     let workspace = Path::new(&manifest)
         .parent()
-        .expect("sensor/ is inside the workspace");
+        .expect("sensor-kernel/ is inside the workspace");
     for dir in ["sensor-ebpf", "sensor-common", "sensor-build"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }

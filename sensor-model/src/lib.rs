@@ -1,0 +1,20 @@
+//! The sensor's shared vocabulary, below every stage: a DNS [`query`] as documents use it, the
+//! [`verdict`] intel gives it, the [`enriched`] event that flows to the outputs, its ECS
+//! [`document`] and the fast [`encode`]r, and the small things every layer needs: config
+//! [`error`]s that name their key, [`secret`]s that never print, atomic [`files`], the wall
+//! [`clock`], [`reload`]ing lists, and the default [`paths`].
+//!
+//! Depends on `sensor-common` only among the workspace's crates; every other layer depends on it.
+
+pub mod clock;
+pub mod counters;
+pub mod document;
+pub mod encode;
+pub mod enriched;
+pub mod error;
+pub mod files;
+pub mod paths;
+pub mod query;
+pub mod reload;
+pub mod secret;
+pub mod verdict;

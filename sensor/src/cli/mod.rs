@@ -1,0 +1,141 @@
+//! The `sensor` command line: one module per subcommand; this one parses the arguments, sets
+//! up logging and reports an error as one line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+mod blocklist;
+mod check_config;
+mod run;
+mod stats;
+
+#[derive(Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "Kernel-accelerated DNS security sensor"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Attach the XDP program and write one JSON line per DNS query.
+    Run {
+        /// Config file (TOML). Without it the embedded defaults apply: stdout, inline mode.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Interface to attach to (repeatable); replaces `capture.interfaces`.
+        #[arg(long, short)]
+        interface: Vec<String>,
+    },
+    /// Print the kernel counters of a running sensor.
+    Stats {
+        /// The running sensor's config (for its name and pin directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file without touching the kernel: parse it, then check what a start
+    /// would need (interfaces, list files, inventory, secrets) and report every problem.
+    CheckConfig {
+        file: PathBuf,
+        /// Do not require the capture interfaces to exist here (checking a file for another
+        /// host).
+        #[arg(long)]
+        no_interfaces: bool,
+    },
+    /// The nightly blocklist.
+    Blocklist {
+        #[command(subcommand)]
+        command: BlocklistCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BlocklistCommand {
+    /// Print the running sensor's BLOCKLIST entries with their expiry and XDP hit counters.
+    Show {
+        /// The running sensor's config (for its name and pin directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the nightly job once: the day's alerts → reputation → the list (store, EDL file,
+    /// and the running sensor's BLOCKLIST).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The alerts' calendar day, YYYY-MM-DD in the schedule's time zone; default: yesterday.
+        #[arg(long)]
+        date: Option<String>,
+        /// Publish even when the list grows or shrinks more than the policy allows.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::from_toml("", "embedded defaults")?,
+    })
+}
+
+/// The program: parse, log to stderr, run the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // check-config reports its findings itself; the loaders' own log lines (written for a
+    // running daemon, e.g. "the previous list stays in force") would only confuse it.
+    let default_filter = if matches!(cli.command, Command::CheckConfig { .. }) {
+        "error"
+    } else {
+        "info"
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .init();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, with the causes: what an operator reads in a journal.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, interface } => run::run(config, interface),
+        Command::Stats { config, json } => stats::stats(load_config(config.as_ref())?, json),
+        Command::CheckConfig {
+            file,
+            no_interfaces,
+        } => check_config::check_config(&file, no_interfaces),
+        Command::Blocklist {
+            command: BlocklistCommand::Show { config, json },
+        } => blocklist::show(load_config(config.as_ref())?, json),
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Run {
+                    config,
+                    date,
+                    force,
+                },
+        } => blocklist::run(load_config(config.as_ref())?, date, force),
+    }
+}
