@@ -8,6 +8,7 @@
 //! unaligned access (x86-64, arm64), which is what the sensor runs on.
 
 use std::{
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -93,8 +94,16 @@ pub fn ebpf_cargo(workspace: &Path, subcommand: &str, arch: &str, target_dir: &P
 /// and bpf-linker (found on PATH), and copies the object to `out_dir/sensor-ebpf`.
 pub fn build_ebpf(workspace: &Path, out_dir: &Path, arch: &str) -> Result<PathBuf, BuildError> {
     let target_dir = out_dir.join("ebpf-target");
+    // Cargo reports on stderr; anything a tool prints on stdout goes there too. Our stdout is
+    // sensor/build.rs's, which cargo reads as `cargo:` directives, or `cargo xtask build-ebpf`'s,
+    // which carries only the object's path.
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(BuildError::Spawn)?;
     let status = ebpf_cargo(workspace, "build", arch, &target_dir)
         .arg("--bins")
+        .stdout(stderr)
         .status()
         .map_err(BuildError::Spawn)?;
     if !status.success() {

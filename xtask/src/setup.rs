@@ -69,7 +69,7 @@ pub fn pinned_nightly() -> Result<()> {
         eprintln!("ok: {NIGHTLY} toolchain present");
     } else {
         eprintln!("installing {NIGHTLY} toolchain");
-        cmd::run(
+        cmd::run_to_stderr(
             Command::new("rustup")
                 .args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])
                 .args(NIGHTLY_COMPONENTS.iter().flat_map(|c| ["--component", c])),
@@ -88,7 +88,7 @@ pub fn pinned_nightly() -> Result<()> {
             eprintln!("ok: {component} ({NIGHTLY}) present");
         } else {
             eprintln!("installing {component} ({NIGHTLY})");
-            cmd::run(Command::new("rustup").args([
+            cmd::run_to_stderr(Command::new("rustup").args([
                 "component",
                 "add",
                 component,
@@ -193,7 +193,7 @@ fn bpf_linker() -> Result<()> {
     if reinstall.is_some() {
         install.arg("--force");
     }
-    cmd::run(&mut install)?;
+    cmd::run_to_stderr(&mut install)?;
 
     let version = cmd::output(Command::new("bpf-linker").arg("--version"))
         .context("bpf-linker was installed but does not run")?;
@@ -291,8 +291,8 @@ fn debian_packages(packages: &[&str]) -> Result<()> {
         Some("wireshark-common wireshark-common/install-setuid boolean false\n"),
     )?;
     // A fresh machine has empty package lists; one update serves the whole install.
-    cmd::run(Command::new("apt-get").arg("update"))?;
-    cmd::run(
+    cmd::run_to_stderr(Command::new("apt-get").arg("update"))?;
+    cmd::run_to_stderr(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y"])
@@ -328,7 +328,7 @@ fn bpffs() -> Result<()> {
     if !cmd::is_root() {
         bail!("mounting bpffs at {BPFFS} needs root");
     }
-    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+    cmd::run_to_stderr(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
 }
 
 #[cfg(test)]
