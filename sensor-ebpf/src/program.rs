@@ -187,11 +187,13 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     let [src_lo, src_hi] = ip::src(&pkt, &l3);
     let [dst_lo, dst_hi] = ip::dst(&pkt, &l3);
     let (vlan_outer, vlan_inner) = ethernet::vlan_ids(&pkt, l2.l3_off);
-    // SAFETY: `scratch` is this CPU's slot of a one-slot per-CPU array, valid for the run and
-    // not shared with other CPUs (XDP runs without preemption). Everything read back below is
-    // read with volatile loads, so the values really go through memory. Bytes 8..48 of the
-    // record are five aligned u64s (offsets pinned above); every field is plain data.
+    // SAFETY: `scratch` is this CPU's slot of a one-slot per-CPU array (non-null, aligned,
+    // valid for the run); this only takes the address of its `ev` field.
     let ev = unsafe { core::ptr::addr_of_mut!((*scratch).ev) };
+    // SAFETY: `scratch` (and `ev` inside it) is valid for the run and not shared with other
+    // CPUs (XDP runs without preemption). Everything read back below is read with volatile
+    // loads, so the values really go through memory. Bytes 8..48 of the record are five
+    // aligned u64s (offsets pinned above); every field is plain data.
     unsafe {
         let words = ev.cast::<u64>();
         words.add(1).write(
@@ -215,18 +217,22 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         // SAFETY: every caller passes a field of this CPU's scratch slot, written above.
         unsafe { core::ptr::read_volatile(p) }
     }
+    // SAFETY: only takes the address of a field of this CPU's scratch slot (valid, see above).
     let dns_off = vol(unsafe { core::ptr::addr_of!((*scratch).dns_off) }) as usize;
     // Larger offsets are refused, and the mask bounds the value for the verifier whatever
     // order LLVM puts the check and the loads in.
     if dns_off > MAX_OFFSET {
         return Err(Counter::DnsTruncated);
     }
+    // SAFETY: only takes the address of a field of the header in this CPU's scratch slot.
     let tcp = vol(unsafe { core::ptr::addr_of!((*ev).transport) }) == ip::IPPROTO_TCP;
     let q = dns::parse(&pkt, dns_off & MAX_OFFSET, tcp)?;
     bump(counters, Counter::DnsQueries);
 
     // SAFETY: as above.
     let family = vol(unsafe { core::ptr::addr_of!((*ev).family) });
+    // SAFETY: words 2 and 3 of the header (the source address, written above) are inside the
+    // record, which is 8-byte aligned; `add` stays inside it and `vol` reads them.
     let (src_lo, src_hi) = unsafe {
         let words = ev.cast::<u64>();
         (vol(words.add(2)), vol(words.add(3)))
@@ -236,17 +242,17 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         u32::from_be(src_lo as u32),
         u32::from_be((src_hi >> 32) as u32),
     );
-    if may_match(&ALLOW_FILTER, bucket) {
-        if let Some(v) = CLIENT_ALLOW.get(key_of(&key_buf(src_lo, src_hi))) {
-            // SAFETY: as for BLOCKLIST above: shared kernel memory, only changed atomically.
-            unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                    core::ptr::from_ref(&v.queries).cast_mut(),
-                    1,
-                )
-            };
-            return Ok(Counter::Allowlisted);
-        }
+    if may_match(&ALLOW_FILTER, bucket)
+        && let Some(v) = CLIENT_ALLOW.get(key_of(&key_buf(src_lo, src_hi)))
+    {
+        // SAFETY: as for BLOCKLIST above: shared kernel memory, only changed atomically.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                core::ptr::from_ref(&v.queries).cast_mut(),
+                1,
+            )
+        };
+        return Ok(Counter::Allowlisted);
     }
 
     let name_len = q.name_len & 0xff;
@@ -368,11 +374,11 @@ fn copy_name(ctx: &XdpContext, off: usize, len: usize, dst: *mut u8) {
         unsafe { dst.add(i).cast::<u64>().write(chunk) };
         i += 8;
     }
-    if i < len {
-        if let Some(w) = pkt.load::<u32>(off + i) {
-            // SAFETY: see above.
-            unsafe { dst.add(i).cast::<u32>().write(w) };
-        }
+    if i < len
+        && let Some(w) = pkt.load::<u32>(off + i)
+    {
+        // SAFETY: see above.
+        unsafe { dst.add(i).cast::<u32>().write(w) };
     }
 }
 

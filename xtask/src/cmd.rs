@@ -3,7 +3,7 @@
 use std::{
     fmt,
     io::{ErrorKind, Write as _},
-    os::unix::process::ExitStatusExt as _,
+    os::{fd::AsFd as _, unix::process::ExitStatusExt as _},
     process::{Command, ExitStatus, Stdio},
 };
 
@@ -96,6 +96,22 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         }
         .into())
     }
+}
+
+/// Like [`run`], but the command's stdout goes to our stderr. For everything setup spawns (apt,
+/// rustup, cargo install, ...): xtask's stdout is kept for what a command is asked for (the
+/// object path of `build-ebpf`, the sensor's JSON lines of `run`), never for progress.
+pub fn run_to_stderr(cmd: &mut Command) -> Result<()> {
+    run(cmd.stdout(stderr()?))
+}
+
+/// A handle on our stderr, to give a child as its stdout.
+pub fn stderr() -> Result<Stdio> {
+    let fd = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stderr")?;
+    Ok(Stdio::from(fd))
 }
 
 /// Run with stdout captured (stderr captured too, for the error message); return stdout.

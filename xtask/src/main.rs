@@ -8,6 +8,7 @@ mod build_ebpf;
 mod cmd;
 mod deb;
 mod fuzz;
+mod lint;
 mod osmem;
 mod run;
 mod setup;
@@ -46,6 +47,9 @@ enum Command {
     },
     /// Build the XDP object exactly as sensor/build.rs does, into target/ebpf; print its path.
     BuildEbpf,
+    /// Clippy on the eBPF crate for bpfel-unknown-none with the pinned nightly and the build's
+    /// flags, `-D warnings` (the workspace clippy only sees its host stub).
+    LintEbpf,
     /// Build the sensor (release) and run `sensor run ARGS...` (needs root).
     Run {
         /// Arguments for `sensor run`; default: --config config/sensor.example.toml.
@@ -97,6 +101,7 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Setup { test_deps } => setup::setup(test_deps),
         Command::BuildEbpf => build_ebpf::build_ebpf(&ws).map(|_| ()),
+        Command::LintEbpf => lint::clippy_ebpf(&ws),
         Command::Run { args } => run::run(&ws, args),
         Command::Bench { args } => bench::bench(&ws, args),
         Command::Test { lint, cargo_args } => test::test(&ws, lint, cargo_args),

@@ -4,14 +4,17 @@
 //! line per item: "ok: X present" or "installing X".
 
 use std::{
+    env,
+    ffi::OsStr,
     fs,
     io::ErrorKind,
-    os::unix::fs::symlink,
+    os::unix::{ffi::OsStrExt as _, fs::symlink},
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
+use sensor_build::{BPF_LINKER_VERSION, NIGHTLY};
 
 use crate::cmd;
 
@@ -36,7 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn setup(test_deps: bool) -> Result<()> {
-    nightly_rust_src()?;
+    pinned_nightly()?;
     bpf_linker()?;
     let mut packages = BUILD_PACKAGES.to_vec();
     if test_deps {
@@ -54,119 +57,170 @@ pub fn setup(test_deps: bool) -> Result<()> {
     Ok(())
 }
 
-/// The eBPF crate builds `core` from source (`-Z build-std=core`), which needs the nightly
-/// toolchain and its rust-src component.
-fn nightly_rust_src() -> Result<()> {
+/// Components of the pinned nightly: rust-src for `-Z build-std=core` (the eBPF crate builds
+/// `core` from source), clippy for `cargo xtask lint-ebpf`.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
+/// The eBPF object is built with the nightly pinned in sensor-build ([`NIGHTLY`]), which needs
+/// its rust-src; its clippy lints the eBPF crate.
+pub fn pinned_nightly() -> Result<()> {
     let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
-    if toolchains.lines().any(is_plain_nightly) {
-        eprintln!("ok: nightly toolchain present");
+    if toolchains.lines().any(is_pinned_nightly) {
+        eprintln!("ok: {NIGHTLY} toolchain present");
     } else {
-        eprintln!("installing nightly toolchain");
-        cmd::run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        eprintln!("installing {NIGHTLY} toolchain");
+        cmd::run_to_stderr(
+            Command::new("rustup")
+                .args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])
+                .args(NIGHTLY_COMPONENTS.iter().flat_map(|c| ["--component", c])),
+        )?;
     }
 
     let installed = cmd::output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        NIGHTLY,
         "--installed",
     ]))?;
-    // Lines look like "rust-src" (it has no target suffix).
-    if installed
-        .lines()
-        .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src "))
-    {
-        eprintln!("ok: rust-src (nightly) present");
-    } else {
-        eprintln!("installing rust-src (nightly)");
-        cmd::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    for &component in NIGHTLY_COMPONENTS {
+        if installed.lines().any(|l| is_component(l, component)) {
+            eprintln!("ok: {component} ({NIGHTLY}) present");
+        } else {
+            eprintln!("installing {component} ({NIGHTLY})");
+            cmd::run_to_stderr(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                NIGHTLY,
+            ]))?;
+        }
     }
     Ok(())
 }
 
-/// A `rustup toolchain list` line for the moving `nightly` channel ("nightly-<host> (...)"), not
-/// a dated one ("nightly-2024-01-01-<host>"), which sensor-build's `rustup run nightly` ignores.
-fn is_plain_nightly(line: &str) -> bool {
+/// A `rustup toolchain list` line for the pinned nightly: "nightly-2026-05-20-<host> (...)".
+fn is_pinned_nightly(line: &str) -> bool {
     let name = line.split_whitespace().next().unwrap_or_default();
-    name == "nightly"
+    name == NIGHTLY
         || name
-            .strip_prefix("nightly-")
-            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+            .strip_prefix(NIGHTLY)
+            .is_some_and(|host| host.starts_with('-'))
+}
+
+/// A `rustup component list --installed` line for `component`: "rust-src" (no target suffix)
+/// or "clippy-x86_64-unknown-linux-gnu".
+fn is_component(line: &str, component: &str) -> bool {
+    let name = line.split_whitespace().next().unwrap_or_default();
+    name == component
+        || name
+            .strip_prefix(component)
+            .is_some_and(|host| host.starts_with('-'))
+}
+
+/// `rustc +NIGHTLY ARGS`: stdout of the pinned nightly's rustc.
+fn nightly_rustc(args: &[&str]) -> Result<String> {
+    cmd::output(
+        Command::new("rustup")
+            .args(["run", NIGHTLY, "rustc"])
+            .args(args),
+    )
 }
 
 /// bpf-linker must link against the same LLVM major as the nightly rustc that emits the
 /// bitcode. No system LLVM of that version exists, so it links against the nightly's own
-/// libLLVM, found through a prefix of symlinks.
+/// libLLVM, found through a prefix of symlinks (the binary's RUNPATH).
+///
+/// The installed bpf-linker is kept when it runs, is [`BPF_LINKER_VERSION`], and needs exactly
+/// the libLLVM (by soname) that the pinned nightly ships; otherwise it is reinstalled.
 fn bpf_linker() -> Result<()> {
-    // Running it (not just finding it) also catches a broken dynamic link, e.g. after the
-    // nightly that provided its libLLVM was updated away.
-    let broken = match cmd::output(Command::new("bpf-linker").arg("--version")) {
-        Ok(version) => {
-            eprintln!("ok: bpf-linker present ({})", version.trim());
-            return Ok(());
-        }
-        Err(err) if err.downcast_ref::<cmd::ProgramNotFound>().is_some() => None,
-        Err(err) => Some(err),
-    };
-
-    let nightly = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
-    let major = llvm_major(&nightly)
-        .context("`rustc +nightly -vV` printed no \"LLVM version: N.x\" line")?;
-    match &broken {
-        Some(err) => eprintln!("installing bpf-linker (LLVM {major}; reinstalling: {err:#})"),
-        None => eprintln!("installing bpf-linker (LLVM {major})"),
-    }
-
-    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let vv = nightly_rustc(&["-vV"])?;
+    let major = llvm_major(&vv)
+        .with_context(|| format!("`rustc +{NIGHTLY} -vV` printed no \"LLVM version: N.x\" line"))?;
+    let sysroot = nightly_rustc(&["--print", "sysroot"])?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
     let libllvm = nightly_libllvm(&sysroot_lib, major)?;
+    let soname = libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?
+        .to_owned();
     let prefix = crate::home_dir()?
         .join(".cache/dns-sensor")
         .join(format!("llvm-{major}"));
     let prefix_lib = prefix.join("lib");
     fs::create_dir_all(&prefix_lib)
         .with_context(|| format!("cannot create {}", prefix_lib.display()))?;
-    // libLLVM.so is what bpf-linker's build links with (-lLLVM); the soname link is what the
-    // built binary loads at run time through its RUNPATH (the prefix's lib dir).
-    let soname = libllvm
-        .file_name()
-        .context("libLLVM path has no file name")?;
+    // Always (cheap): an installed bpf-linker loads libLLVM through these links, so they must
+    // point into the pinned nightly, not into one that `rustup update` may remove. libLLVM.so is
+    // what bpf-linker's build links with (-lLLVM); the soname link is what the built binary
+    // loads at run time through its RUNPATH (the prefix's lib dir).
     replace_symlink(&libllvm, &prefix_lib.join("libLLVM.so"))?;
-    replace_symlink(&libllvm, &prefix_lib.join(soname))?;
+    replace_symlink(&libllvm, &prefix_lib.join(&soname))?;
+
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    // Why the installed one must go; None when there is none. Running it (not just finding it)
+    // also catches a broken dynamic link.
+    let reinstall = match cmd::output(Command::new("bpf-linker").arg("--version")) {
+        Ok(version) if version.trim() != wanted => Some(format!(
+            "found {}, want {BPF_LINKER_VERSION}",
+            version.trim()
+        )),
+        Ok(_) if !needs_libllvm(&soname)? => Some(format!(
+            "it does not link {} of {NIGHTLY}",
+            soname.to_string_lossy()
+        )),
+        Ok(version) => {
+            eprintln!("ok: {} present (LLVM {major})", version.trim());
+            return Ok(());
+        }
+        Err(err) if err.downcast_ref::<cmd::ProgramNotFound>().is_some() => None,
+        Err(err) => Some(format!("{err:#}")),
+    };
+    match &reinstall {
+        Some(why) => eprintln!("installing {wanted} (LLVM {major}; reinstalling: {why})"),
+        None => eprintln!("installing {wanted} (LLVM {major})"),
+    }
 
     let mut install = Command::new("cargo");
     install
         .env("LLVM_PREFIX", &prefix)
-        .args([
-            "install",
-            "bpf-linker",
-            "--no-default-features",
-            "--features",
-        ])
+        .args(["install", "bpf-linker", "--locked", "--version"])
+        .arg(format!("={BPF_LINKER_VERSION}"))
+        .args(["--no-default-features", "--features"])
         .arg(format!("llvm-{major}"));
-    // Without --force, cargo would say "already installed" and keep the broken binary.
-    if broken.is_some() {
+    // Without --force, cargo would say "already installed" and keep the wrong binary.
+    if reinstall.is_some() {
         install.arg("--force");
     }
-    cmd::run(&mut install)?;
+    cmd::run_to_stderr(&mut install)?;
 
     let version = cmd::output(Command::new("bpf-linker").arg("--version"))
         .context("bpf-linker was installed but does not run")?;
-    eprintln!("ok: bpf-linker installed ({})", version.trim());
+    if !needs_libllvm(&soname)? {
+        bail!(
+            "bpf-linker was installed but does not link {}",
+            soname.to_string_lossy()
+        );
+    }
+    eprintln!("ok: {} installed (LLVM {major})", version.trim());
     Ok(())
+}
+
+/// Whether the bpf-linker on PATH needs the shared library `soname` (the pinned nightly's
+/// libLLVM). The soname is a DT_NEEDED string in the binary's dynamic string table, and it
+/// names LLVM's version and the rustc release ("libLLVM.so.22.1-rust-1.97.0-nightly"), so a
+/// bpf-linker built for another LLVM does not contain it. A byte search is enough for that.
+fn needs_libllvm(soname: &OsStr) -> Result<bool> {
+    let path_var = env::var_os("PATH").unwrap_or_default();
+    let path = env::split_paths(&path_var)
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|p| p.is_file())
+        .context("bpf-linker ran but is not found on PATH")?;
+    let binary = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut needle = soname.as_bytes().to_vec();
+    needle.push(0);
+    Ok(binary.windows(needle.len()).any(|w| w == needle.as_slice()))
 }
 
 /// "LLVM version: 22.1.4" -> 22.
@@ -237,8 +291,8 @@ fn debian_packages(packages: &[&str]) -> Result<()> {
         Some("wireshark-common wireshark-common/install-setuid boolean false\n"),
     )?;
     // A fresh machine has empty package lists; one update serves the whole install.
-    cmd::run(Command::new("apt-get").arg("update"))?;
-    cmd::run(
+    cmd::run_to_stderr(Command::new("apt-get").arg("update"))?;
+    cmd::run_to_stderr(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y"])
@@ -274,7 +328,7 @@ fn bpffs() -> Result<()> {
     if !cmd::is_root() {
         bail!("mounting bpffs at {BPFFS} needs root");
     }
-    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+    cmd::run_to_stderr(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
 }
 
 #[cfg(test)]
@@ -289,16 +343,27 @@ mod tests {
     }
 
     #[test]
-    fn plain_nightly_only() {
-        assert!(is_plain_nightly("nightly-x86_64-unknown-linux-gnu"));
-        assert!(is_plain_nightly(
-            "nightly-x86_64-unknown-linux-gnu (active)"
-        ));
-        assert!(!is_plain_nightly(
+    fn pinned_nightly_only() {
+        let host = format!("{NIGHTLY}-x86_64-unknown-linux-gnu");
+        assert!(is_pinned_nightly(&host));
+        assert!(is_pinned_nightly(&format!("{host} (active)")));
+        assert!(!is_pinned_nightly("nightly-x86_64-unknown-linux-gnu"));
+        assert!(!is_pinned_nightly(
             "nightly-2024-01-01-x86_64-unknown-linux-gnu"
         ));
-        assert!(!is_plain_nightly(
+        assert!(!is_pinned_nightly(
             "stable-x86_64-unknown-linux-gnu (default)"
         ));
+    }
+
+    #[test]
+    fn components() {
+        assert!(is_component("rust-src", "rust-src"));
+        assert!(is_component("clippy-x86_64-unknown-linux-gnu", "clippy"));
+        assert!(!is_component(
+            "rust-std-x86_64-unknown-linux-gnu",
+            "rust-src"
+        ));
+        assert!(!is_component("rustc-x86_64-unknown-linux-gnu", "rust"));
     }
 }
