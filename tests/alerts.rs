@@ -8,9 +8,14 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use sensor_outputs::alert::{AlertStats, Alerter, AlertsSection, HeaderSource, Hit, WeComSink, WebhookSink};
-use sensor_model::{verdict::{Assessment, Confidence, Finding, Severity, Verdict}, secret::SecretSource};
 use sensor_intel::inventory::Inventory;
+use sensor_model::{
+    secret::SecretSource,
+    verdict::{Assessment, Confidence, Finding, Severity, Verdict},
+};
+use sensor_outputs::alert::{
+    AlertStats, Alerter, AlertsSection, HeaderSource, Hit, WeComSink, WebhookSink,
+};
 use sensor_testkit::fake_wecom::{FakeWeCom, Received};
 use time::OffsetDateTime;
 use tokio::time::Instant;

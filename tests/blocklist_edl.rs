@@ -5,7 +5,10 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, header};
-use sensor_blocklist::{edl, edl::{EdlList, EdlSection}};
+use sensor_blocklist::{
+    edl,
+    edl::{EdlList, EdlSection},
+};
 
 struct Server {
     url: String,

@@ -9,7 +9,11 @@ use sensor_blocklist::job;
 
 use sensor::config::Config;
 
-use sensor_testkit::{fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict}, fake_wecom::FakeWeCom, osmem::{Client, Osmem}};
+use sensor_testkit::{
+    fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict},
+    fake_wecom::FakeWeCom,
+    osmem::{Client, Osmem},
+};
 use serde_json::{Value, json};
 use time::macros::{date, datetime};
 
@@ -194,9 +198,15 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     let hook = FakeWeCom::start("unused").await;
     let cfg = config(dir.path(), &server.url(), tb.base_url(), &hook.json_url());
     let now = datetime!(2026-11-24 18:30 UTC); // 02:30 on the 25th in Shanghai
-    let report = job::run_once(&cfg.job_context(), Some(date!(2026 - 11 - 23)), false, now, None)
-        .await
-        .expect("the job runs");
+    let report = job::run_once(
+        &cfg.job_context(),
+        Some(date!(2026 - 11 - 23)),
+        false,
+        now,
+        None,
+    )
+    .await
+    .expect("the job runs");
 
     // Collected: 10 alerts of the day (the other two are outside it), 7 distinct parsable IPs.
     assert_eq!(report.alerts, 10, "{report:?}");
@@ -281,9 +291,15 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     );
     tb.set_mode(FakeMode::ResponseCode(-5));
     let later = now + time::Duration::days(4); // the cached verdicts for the clean IP expired
-    let err = job::run_once(&cfg.job_context(), Some(date!(2026 - 11 - 23)), false, later, None)
-        .await
-        .expect_err("the provider is down");
+    let err = job::run_once(
+        &cfg.job_context(),
+        Some(date!(2026 - 11 - 23)),
+        false,
+        later,
+        None,
+    )
+    .await
+    .expect_err("the provider is down");
     assert!(
         err.to_string().contains("last list stays in force"),
         "{err}"

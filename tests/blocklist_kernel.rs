@@ -23,12 +23,16 @@ use sensor_kernel::{
     lists::{blocklist as kernel, blocklist::InstallReport},
     loader::{self, ProgramSettings},
 };
-use sensor_testkit::{daemon::Daemon, netns::{Topology, sh, unique}, packet::udp_query_frame, responder::Responder};
+use sensor_testkit::{
+    daemon::Daemon,
+    netns::{Topology, sh, unique},
+    packet::udp_query_frame,
+    responder::Responder,
+};
 use serde_json::Value;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-
 
 /// A loaded (not attached) program whose maps are pinned under a unique directory, removed on
 /// drop, and a config naming that directory for `sensor blocklist show`.

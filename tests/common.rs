@@ -21,15 +21,22 @@ pub fn sensor_bin() -> &'static Path {
             .and_then(Path::parent)
             .expect("the test binary lives in target/<profile>/deps");
         let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-        build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "--package", "sensor", "--bin", "sensor"]);
+        build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "--quiet",
+            "--package",
+            "sensor",
+            "--bin",
+            "sensor",
+        ]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
         let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
         build.arg("--target-dir").arg(target_dir);
-        let status = build.status().expect("running cargo build for the sensor binary");
+        let status = build
+            .status()
+            .expect("running cargo build for the sensor binary");
         assert!(status.success(), "cargo build -p sensor failed: {status}");
         let bin = profile_dir.join("sensor");
         assert!(bin.is_file(), "{} was not built", bin.display());

@@ -12,8 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_testkit::{daemon, pcap, daemon::Daemon, netns::{Topology, unique}};
 use sensor_common::Counter;
+use sensor_testkit::{
+    daemon,
+    daemon::Daemon,
+    netns::{Topology, unique},
+    pcap,
+};
 use serde_json::Value;
 
 fn corpus() -> Vec<PathBuf> {

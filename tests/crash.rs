@@ -11,9 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_testkit::{daemon::{Daemon, stats_json}, netns::{Topology, unique}, responder::Responder, traffic::Flood};
+use sensor_testkit::{
+    daemon::{Daemon, stats_json},
+    netns::{Topology, unique},
+    responder::Responder,
+    traffic::Flood,
+};
 use serde_json::Value;
-
 
 /// Polls `cond` (every 20 ms) until it holds; panics with `what` after `timeout`.
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

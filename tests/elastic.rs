@@ -17,10 +17,19 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use sensor_model::{query::Query, enriched::Enriched, verdict::{Assessment, Confidence, Finding, Severity, Verdict}, secret::SecretSource};
 use sensor_intel::inventory::Inventory;
+use sensor_model::{
+    enriched::Enriched,
+    query::Query,
+    secret::SecretSource,
+    verdict::{Assessment, Confidence, Finding, Severity, Verdict},
+};
 use sensor_outputs::sink::elastic::{ElasticCounters, ElasticSection, ElasticSink};
-use sensor_testkit::{osmem, fault_proxy::{FaultProxy, ItemAction}, osmem::Osmem};
+use sensor_testkit::{
+    fault_proxy::{FaultProxy, ItemAction},
+    osmem,
+    osmem::Osmem,
+};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "canary-pw-5f3a";

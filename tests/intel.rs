@@ -9,11 +9,26 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use sensor_outputs::alert::{Alerter, AlertsSection, hits::AlertHits};
-use sensor_model::{query::Query, encode::Encoder, enriched::Enriched, verdict::{Assessment, Verdict}, secret::{Secret, SecretSource}};
-use sensor_intel::{enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents}, batch::{Batcher, Limits}, cache::{CacheSection, Source, VerdictCache}, threatbook::{ThreatBook, ThreatBookSection}, inventory::Inventory};
-use sensor_testkit::{fake_threatbook::{FakeMode, FakeThreatBook, FakeVerdict}, fake_wecom::{FakeWeCom, Received}};
 use sensor_common::Transport;
+use sensor_intel::{
+    batch::{Batcher, Limits},
+    cache::{CacheSection, Source, VerdictCache},
+    enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents},
+    inventory::Inventory,
+    threatbook::{ThreatBook, ThreatBookSection},
+};
+use sensor_model::{
+    encode::Encoder,
+    enriched::Enriched,
+    query::Query,
+    secret::{Secret, SecretSource},
+    verdict::{Assessment, Verdict},
+};
+use sensor_outputs::alert::{Alerter, AlertsSection, hits::AlertHits};
+use sensor_testkit::{
+    fake_threatbook::{FakeMode, FakeThreatBook, FakeVerdict},
+    fake_wecom::{FakeWeCom, Received},
+};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 

@@ -10,11 +10,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_model::{clock::WallClock, encode::Encoder, enriched::Enriched, verdict::{Assessment, Verdict}};
+use sensor_model::{
+    clock::WallClock,
+    encode::Encoder,
+    enriched::Enriched,
+    verdict::{Assessment, Verdict},
+};
 
-use sensor_outputs::sink::kafka::{EventFilter, KafkaCounters, KafkaSection, KafkaSink, SpoolSection};
+use sensor_outputs::sink::kafka::{
+    EventFilter, KafkaCounters, KafkaSection, KafkaSink, SpoolSection,
+};
 
-use sensor_testkit::{tansu, tansu::{Record, Storage, Tansu}};
+use sensor_testkit::{
+    tansu,
+    tansu::{Record, Storage, Tansu},
+};
 
 fn interfaces() -> HashMap<u32, String> {
     HashMap::from([(1, "eth0".to_owned())])

@@ -24,10 +24,23 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use ipnet::IpNet;
-use sensor_kernel::config::CaptureMode;
-use sensor_kernel::{decode, loader, loader::{Maps, ProgramSettings}, lists::{lpm_key, net_of_key}};
-use sensor_testkit::{kernel_fuzz::{generator, reference, generator::{Generator, Kind}, reference::{ExpectedEvent, Finding, Prediction, Scope, Semantics, XDP_ABORTED}}, packet::*};
 use sensor_common::{Counter, Event, counters::COUNTER_COUNT};
+use sensor_kernel::config::CaptureMode;
+use sensor_kernel::{
+    decode,
+    lists::{lpm_key, net_of_key},
+    loader,
+    loader::{Maps, ProgramSettings},
+};
+use sensor_testkit::{
+    kernel_fuzz::{
+        generator,
+        generator::{Generator, Kind},
+        reference,
+        reference::{ExpectedEvent, Finding, Prediction, Scope, Semantics, XDP_ABORTED},
+    },
+    packet::*,
+};
 
 /// The default seed: CI runs the same ten million frames every time; set `KERNEL_FUZZ_SEED`
 /// for others.
@@ -325,7 +338,8 @@ fn event_differs(want: &ExpectedEvent, got: &Event) -> Option<String> {
     // The daemon's view of the same record: it must decode, with the same name.
     match sensor_model::query::Query::from_event(got) {
         Ok(q) => {
-            let name = sensor_model::query::presentation_name(&want.qname).expect("the reference's name");
+            let name =
+                sensor_model::query::presentation_name(&want.qname).expect("the reference's name");
             (q.name != name).then(|| format!("decoded name {:?}, predicted {name:?}", q.name))
         }
         Err(e) => Some(format!("the record does not decode: {e}")),

@@ -7,9 +7,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_intel::{feeds::{FeedConfig, FeedKind, LocalFeeds}, trust::{TrustFilter, TrustSection}};
+use sensor_intel::{
+    feeds::{FeedConfig, FeedKind, LocalFeeds},
+    trust::{TrustFilter, TrustSection},
+};
 
-use sensor_model::{verdict::{Confidence, Severity}, reload::{Watcher, sighup}};
+use sensor_model::{
+    reload::{Watcher, sighup},
+    verdict::{Confidence, Severity},
+};
 
 fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");

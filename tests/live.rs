@@ -8,9 +8,13 @@ use std::{
     time::Duration,
 };
 
-use sensor_testkit::{daemon, daemon::Daemon, netns::{Topology, sh, unique}, responder::{Responder, Seen}};
+use sensor_testkit::{
+    daemon,
+    daemon::Daemon,
+    netns::{Topology, sh, unique},
+    responder::{Responder, Seen},
+};
 use serde_json::{Value, json};
-
 
 struct Setup {
     _dir: tempfile::TempDir,

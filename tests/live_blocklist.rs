@@ -11,14 +11,19 @@ use std::{
     time::Duration,
 };
 
-use sensor_testkit::{daemon::Daemon, fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict}, netns::{Topology, sh, unique}, osmem::{Client, Osmem}, responder::Responder};
+use sensor_testkit::{
+    daemon::Daemon,
+    fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict},
+    netns::{Topology, sh, unique},
+    osmem::{Client, Osmem},
+    responder::Responder,
+};
 use serde_json::{Value, json};
 
 const TB_KEY: &str = "canary-tb-live-bl-93d1";
 const EDL_PASSWORD: &str = "canary-edl-pw-4c2b";
 /// A public address (not in any never-block range) for the attacking client.
 const ATTACKER: &str = "80.82.77.139";
-
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

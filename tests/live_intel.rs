@@ -9,12 +9,19 @@ use std::{
     time::Duration,
 };
 
-use sensor_testkit::{daemon::Daemon, fake_threatbook::{FakeThreatBook, FakeVerdict}, fake_wecom::FakeWeCom, netns::{Topology, unique}, osmem::{Client as EsClient, Osmem}, responder::Responder, tansu::{Storage, Tansu}};
+use sensor_testkit::{
+    daemon::Daemon,
+    fake_threatbook::{FakeThreatBook, FakeVerdict},
+    fake_wecom::FakeWeCom,
+    netns::{Topology, unique},
+    osmem::{Client as EsClient, Osmem},
+    responder::Responder,
+    tansu::{Storage, Tansu},
+};
 use serde_json::Value;
 
 const TB_KEY: &str = "canary-tb-4d2f9e";
 const WECOM_KEY: &str = "canary-wecom-8b1c7a";
-
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

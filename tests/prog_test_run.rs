@@ -9,11 +9,14 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use ipnet::IpNet;
+use sensor_common::{Counter, Counters, Transport, event};
 use sensor_kernel::config::CaptureMode;
-use sensor_kernel::{decode, loader, loader::{Maps, ProgramSettings}};
+use sensor_kernel::{
+    decode, loader,
+    loader::{Maps, ProgramSettings},
+};
 use sensor_model::query::Query;
 use sensor_testkit::packet::*;
-use sensor_common::{Counter, Counters, Transport, event};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

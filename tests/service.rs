@@ -17,11 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_testkit::{netns::{Topology, sh, unique}, responder::{Responder, Seen}};
+use sensor_testkit::{
+    netns::{Topology, sh, unique},
+    responder::{Responder, Seen},
+};
 use serde_json::{Value, json};
 
 const UNIT: &str = include_str!("../packaging/dns-sensor.service");
-
 
 /// The unit's `[Service]` settings: key → values in order (a key may repeat).
 fn unit_settings() -> BTreeMap<String, Vec<String>> {

@@ -4,9 +4,15 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use sensor_model::{verdict::{Confidence, IpContext, Severity}, secret::Secret};
+use sensor_model::{
+    secret::Secret,
+    verdict::{Confidence, IpContext, Severity},
+};
 
-use sensor_intel::{LookupError, Provider, threatbook::{ThreatBook, ThreatBookSection}};
+use sensor_intel::{
+    LookupError, Provider,
+    threatbook::{ThreatBook, ThreatBookSection},
+};
 
 use sensor_testkit::fake_threatbook::{FakeIpInfo, FakeMode, FakeThreatBook, FakeVerdict};
 

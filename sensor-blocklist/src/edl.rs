@@ -43,7 +43,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, rustls, server::TlsStream};
 
 use crate::store::{Entry, fnv1a64};
-use sensor_model::{error::{ConfigError, parse_nets}, secret::SecretSource};
+use sensor_model::{
+    error::{ConfigError, parse_nets},
+    secret::SecretSource,
+};
 
 /// How long a client may take for its TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,7 +179,6 @@ fn severity_name(s: sensor_model::verdict::Severity) -> &'static str {
         Critical => "critical",
     }
 }
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdlError {
@@ -582,7 +584,6 @@ mod tests {
         );
         assert_eq!(render(&[]), "");
     }
-
 
     #[test]
     fn publish_keeps_the_etag_of_an_unchanged_list_and_moves_last_modified_forward() {

@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::neverblock::NeverBlock;
-use sensor_model::{error::{ConfigError, parse_nets}, verdict::{Confidence, Finding, Severity}};
+use sensor_model::{
+    error::{ConfigError, parse_nets},
+    verdict::{Confidence, Finding, Severity},
+};
 
 const DAY: i64 = 86_400;
 const STATE_FILE: &str = "state.json";

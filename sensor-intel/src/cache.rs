@@ -15,8 +15,8 @@ use std::{
 
 use serde::Deserialize;
 
-use sensor_model::verdict::{Assessment, Finding, Verdict};
 use crate::{Provider, batch::Batcher};
+use sensor_model::verdict::{Assessment, Finding, Verdict};
 
 /// `[intel.cache]`: verdict lifetimes and capacity.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -22,10 +22,18 @@ use time::OffsetDateTime;
 
 use tokio::sync::mpsc;
 
-use sensor_model::{clock::WallClock, query::Query, verdict::{Assessment, Verdict}};
+use sensor_model::{
+    clock::WallClock,
+    query::Query,
+    verdict::{Assessment, Verdict},
+};
 
+use crate::{
+    cache::{Source, VerdictCache},
+    feeds::LocalFeeds,
+    trust::TrustFilter,
+};
 use sensor_model::enriched::Enriched;
-use crate::{cache::{Source, VerdictCache}, feeds::LocalFeeds, trust::TrustFilter};
 
 /// What happens to queries for trusted names or from trusted clients.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

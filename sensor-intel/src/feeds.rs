@@ -24,10 +24,13 @@ use futures::{FutureExt as _, future::BoxFuture};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+use crate::domainset::{DomainSet, LineError, ListError, list_lines};
 use crate::{Answers, LookupError, Provider};
 use sensor_model::verdict::{Confidence, Finding, Severity};
-use sensor_model::{error::ConfigError, reload::{Reload, ReloadCounters, ReloadError}};
-use crate::domainset::{DomainSet, LineError, ListError, list_lines};
+use sensor_model::{
+    error::ConfigError,
+    reload::{Reload, ReloadCounters, ReloadError},
+};
 
 /// What a feed file lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -11,8 +11,8 @@
 use std::{collections::HashMap, fmt, net::IpAddr};
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
 use sensor_model::verdict::Finding;
+use serde::Deserialize;
 
 use sensor_model::error::ConfigError;
 
@@ -200,4 +200,3 @@ pub trait Provider: Send + Sync + fmt::Debug {
         ips: &'a [IpAddr],
     ) -> BoxFuture<'a, Result<Answers<IpAddr>, LookupError>>;
 }
-

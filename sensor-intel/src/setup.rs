@@ -115,4 +115,3 @@ impl Reload for ForgetVerdicts {
         Ok(n)
     }
 }
-

@@ -47,7 +47,10 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{Answers, LookupError, Provider, batch::Limits};
 use sensor_model::verdict::{Confidence, Finding, IpContext, Severity};
-use sensor_model::{error::ConfigError, secret::{Secret, SecretSource}};
+use sensor_model::{
+    error::ConfigError,
+    secret::{Secret, SecretSource},
+};
 
 /// The provider name in findings, counters and errors.
 pub const PROVIDER: &str = "threatbook";
@@ -651,10 +654,7 @@ fn is_empty_data(data: &Data) -> bool {
 }
 
 /// Maps the `/v3/scene/dns` data to findings for the names asked about.
-pub fn parse_domains(
-    data: &Data,
-    asked: &HashSet<&str>,
-) -> Result<Answers<String>, LookupError> {
+pub fn parse_domains(data: &Data, asked: &HashSet<&str>) -> Result<Answers<String>, LookupError> {
     if is_empty_data(data) {
         return Ok(Answers::new());
     }
@@ -675,10 +675,7 @@ pub fn parse_domains(
 }
 
 /// Maps the `/v3/scene/ip_reputation` data (`data.<ip>`) to findings for the IPs asked about.
-pub fn parse_ips(
-    data: &Data,
-    asked: &HashSet<IpAddr>,
-) -> Result<Answers<IpAddr>, LookupError> {
+pub fn parse_ips(data: &Data, asked: &HashSet<IpAddr>) -> Result<Answers<IpAddr>, LookupError> {
     if is_empty_data(data) {
         return Ok(Answers::new());
     }

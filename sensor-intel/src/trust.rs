@@ -15,7 +15,10 @@ use std::{
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 
-use sensor_model::{error::ConfigError, reload::{Reload, ReloadCounters, ReloadError}};
+use sensor_model::{
+    error::ConfigError,
+    reload::{Reload, ReloadCounters, ReloadError},
+};
 
 use crate::domainset::{DomainSet, ListError, Pattern};
 

@@ -33,7 +33,6 @@ pub fn record(bytes: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};

@@ -4,10 +4,7 @@
 //! counted (`output_queue_full`), so the ring buffer keeps draining and the kernel never has to
 //! drop because userspace stalled behind a slow disk or pipe.
 
-use std::sync::{
-    Arc,
-    atomic::Ordering,
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc;
@@ -17,7 +14,6 @@ use sensor_model::counters::StageCounters;
 use crate::decode;
 
 use sensor_model::query::Query;
-
 
 /// Takes every record currently in the ring buffer.
 pub fn drain(

@@ -12,7 +12,10 @@ use std::{collections::HashMap, io::Write as _, net::IpAddr};
 use sensor_common::Transport;
 use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
 
-use crate::{query::{Query, qclass_name, qtype_name}, verdict::{Assessment, Verdict}};
+use crate::{
+    query::{Query, qclass_name, qtype_name},
+    verdict::{Assessment, Verdict},
+};
 
 const SECOND_PREFIX: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].");

@@ -55,4 +55,3 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s.replace('\n', " ")
 }
-

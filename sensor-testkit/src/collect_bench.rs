@@ -7,7 +7,11 @@ use std::{net::IpAddr, time::Instant};
 use serde_json::json;
 use time::macros::{date, datetime};
 
-use sensor_blocklist::{collect::{AlertSource, ReadSection, Reader}, neverblock::NeverBlock, schedule::ScheduleSection};
+use sensor_blocklist::{
+    collect::{AlertSource, ReadSection, Reader},
+    neverblock::NeverBlock,
+    schedule::ScheduleSection,
+};
 
 use crate::osmem::{Client, Osmem};
 

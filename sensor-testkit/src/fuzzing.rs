@@ -19,17 +19,39 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use sensor_outputs::{alert::{SendError, wecom}, sink::{elastic::{BulkAnswer, read_bulk_answer}, kafka::spool::Spool}};
+use sensor_outputs::{
+    alert::{SendError, wecom},
+    sink::{
+        elastic::{BulkAnswer, read_bulk_answer},
+        kafka::spool::Spool,
+    },
+};
 
-use sensor_blocklist::{collect, collect::Collected, reputation::{IpVerdict, ReputationCache}, store::{Entry, Plan, Store, Summary}};
+use sensor_blocklist::{
+    collect,
+    collect::Collected,
+    reputation::{IpVerdict, ReputationCache},
+    store::{Entry, Plan, Store, Summary},
+};
 
 use sensor::config::Config;
 
-use sensor_model::{error::ConfigError, query::Query, encode::Encoder, verdict::{Confidence, Severity}};
+use sensor_model::{
+    encode::Encoder,
+    error::ConfigError,
+    query::Query,
+    verdict::{Confidence, Severity},
+};
 
 use sensor_kernel::decode;
 
-use sensor_intel::{self, domainset, LookupError, threatbook, domainset::{DomainSet, EntryKind, ListError, MAX_LABEL_LEN, MAX_NAME_LEN, Pattern}, feeds::IpSet, inventory::{Inventory, InventoryError}};
+use sensor_intel::{
+    self, LookupError, domainset,
+    domainset::{DomainSet, EntryKind, ListError, MAX_LABEL_LEN, MAX_NAME_LEN, Pattern},
+    feeds::IpSet,
+    inventory::{Inventory, InventoryError},
+    threatbook,
+};
 
 /// A fuzz target: its name (the file under `fuzz/fuzz_targets/` and the corpus folder) and body.
 pub type Target = (&'static str, fn(&[u8]));
@@ -537,7 +559,11 @@ pub fn threatbook_answer(data: &[u8]) {
     if sel & 0x80 == 0 {
         let keys: Vec<String> = answer["domains"]
             .as_object()
-            .map(|o| o.keys().map(|k| sensor_model::verdict::normalise(k)).collect())
+            .map(|o| {
+                o.keys()
+                    .map(|k| sensor_model::verdict::normalise(k))
+                    .collect()
+            })
             .unwrap_or_default();
         let asked: HashSet<&str> = keys
             .iter()
@@ -1046,8 +1072,11 @@ fn state_seeds() -> Vec<(String, Vec<u8>)> {
 
     let spool_dir = scratch_dir();
     {
-        let (mut spool, _) =
-            Spool::open(spool_dir.path(), sensor_outputs::sink::kafka::spool::MIN_MAX_BYTES).expect("open");
+        let (mut spool, _) = Spool::open(
+            spool_dir.path(),
+            sensor_outputs::sink::kafka::spool::MIN_MAX_BYTES,
+        )
+        .expect("open");
         for i in 0..3 {
             spool
                 .append(

@@ -15,9 +15,21 @@ use std::{
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use sensor_model::{query::Query, verdict::Assessment, secret::{Secret, SecretSource}};
+use sensor_model::{
+    query::Query,
+    secret::{Secret, SecretSource},
+    verdict::Assessment,
+};
 
-use sensor_intel::{Provider, enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents}, batch::{Batcher, Limits}, cache::{CacheSection, Source, VerdictCache}, feeds::{FeedConfig, FeedKind, LocalFeeds}, threatbook::{ThreatBook, ThreatBookSection}, trust::{TrustFilter, TrustSection}};
+use sensor_intel::{
+    Provider,
+    batch::{Batcher, Limits},
+    cache::{CacheSection, Source, VerdictCache},
+    enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents},
+    feeds::{FeedConfig, FeedKind, LocalFeeds},
+    threatbook::{ThreatBook, ThreatBookSection},
+    trust::{TrustFilter, TrustSection},
+};
 
 use crate::fake_threatbook::{FakeThreatBook, FakeVerdict};
 

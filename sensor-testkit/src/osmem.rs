@@ -261,7 +261,11 @@ fn thread_cpu_seconds() -> f64 {
 pub fn bench_elastic(docs: u64) -> ElasticBench {
     use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering};
 
-    use sensor_model::{query::Query, enriched::Enriched, verdict::{Assessment, Confidence, Finding, Severity, Verdict}};
+    use sensor_model::{
+        enriched::Enriched,
+        query::Query,
+        verdict::{Assessment, Confidence, Finding, Severity, Verdict},
+    };
 
     use sensor_intel::inventory::Inventory;
 

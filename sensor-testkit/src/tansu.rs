@@ -26,7 +26,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer as _},
 };
 
-use sensor_model::{query::Query, enriched::Enriched};
+use sensor_model::{enriched::Enriched, query::Query};
 
 use sensor_outputs::sink::kafka::{KafkaSection, KafkaSink};
 

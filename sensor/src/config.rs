@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use sensor_blocklist::job::JobContext;
-use sensor_outputs::output::OutputKind;
 use sensor_model::error::{ConfigError, parse_nets};
+use sensor_outputs::output::OutputKind;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

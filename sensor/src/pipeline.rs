@@ -278,7 +278,13 @@ impl Pipeline {
         let queue_size = config.output.queue_size;
         let to_enrich = Queue::new("reader_to_enrich", queue_size, &mut sources);
         let to_sinks = Queue::new("enrich_to_sinks", queue_size, &mut sources);
-        let sinks = build_sinks(config, &interfaces, &inventory, &stage_counters, &mut sources)?;
+        let sinks = build_sinks(
+            config,
+            &interfaces,
+            &inventory,
+            &stage_counters,
+            &mut sources,
+        )?;
         let fanout = Fanout::new(sinks);
 
         telemetry::kernel(&mut sources, pin_dir.clone());
@@ -342,9 +348,9 @@ impl Pipeline {
             ))
         });
         let sources = Arc::new(self.sources);
-        let metrics = self
-            .metrics
-            .map(|listener| tokio::spawn(sensor_outputs::metrics::serve(listener, sources.clone())));
+        let metrics = self.metrics.map(|listener| {
+            tokio::spawn(sensor_outputs::metrics::serve(listener, sources.clone()))
+        });
         tracing::debug!(
             from = self.to_enrich.name,
             to = self.to_sinks.name,

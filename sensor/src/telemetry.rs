@@ -6,9 +6,16 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::mpsc;
 
-use sensor_outputs::{alert::StatsHandle, metrics::{Kind, Metric, Sources}};
+use sensor_outputs::{
+    alert::StatsHandle,
+    metrics::{Kind, Metric, Sources},
+};
 
-use sensor_intel::{enrich::EnrichCounters, batch::REASONS, cache::{Source, VerdictCache}};
+use sensor_intel::{
+    batch::REASONS,
+    cache::{Source, VerdictCache},
+    enrich::EnrichCounters,
+};
 
 use sensor_model::counters::StageCounters;
 

@@ -470,7 +470,11 @@ fn digest(
     let mut groups: Vec<((AlertKind, String, String), Vec<usize>)> = Vec::new();
     let mut index: HashMap<(AlertKind, String, String), usize> = HashMap::new();
     for (i, a) in all.iter().enumerate() {
-        let key = (a.kind, sensor_model::verdict::normalise(&a.name), a.qtype.clone());
+        let key = (
+            a.kind,
+            sensor_model::verdict::normalise(&a.name),
+            a.qtype.clone(),
+        );
         let g = *index.entry(key.clone()).or_insert_with(|| {
             groups.push((key, Vec::new()));
             groups.len() - 1
@@ -714,8 +718,8 @@ mod tests {
 
     use super::*;
     use crate::alert::PairStats;
-    use sensor_model::verdict::{Assessment, Confidence, Finding, Verdict};
     use sensor_intel::inventory::Asset;
+    use sensor_model::verdict::{Assessment, Confidence, Finding, Verdict};
 
     fn assessment() -> Arc<Assessment> {
         Arc::new(Assessment {

@@ -32,7 +32,11 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use sensor_model::{error::ConfigError, verdict::{Assessment, Verdict}, secret::SecretSource};
+use sensor_model::{
+    error::ConfigError,
+    secret::SecretSource,
+    verdict::{Assessment, Verdict},
+};
 
 use sensor_intel::inventory::{Asset, Inventory, InventoryError};
 

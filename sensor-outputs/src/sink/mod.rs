@@ -17,11 +17,11 @@ pub enum SinkError {
 
 use std::{
     collections::BTreeMap,
-    time::Duration,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use futures::future::BoxFuture;

@@ -19,10 +19,13 @@ use std::{
 use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use clap::{Parser, Subcommand};
-use sensor_model::error::parse_nets;
-use sensor_kernel::{loader, loader::{Maps, ProgramSettings}};
-use sensor_testkit::{pcap, netns::Topology, packet::*};
 use sensor_common::{NOOP_PROGRAM_NAME, PROGRAM_NAME};
+use sensor_kernel::{
+    loader,
+    loader::{Maps, ProgramSettings},
+};
+use sensor_model::error::parse_nets;
+use sensor_testkit::{netns::Topology, packet::*, pcap};
 
 #[derive(Parser)]
 #[command(about = "DNS sensor benchmarks (need root)")]

@@ -656,7 +656,10 @@ fn dns_gate(msg: &[u8], tcp: bool) -> Result<Question, Counter> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{DnsHeader, ETH_IPV6, Ext, UDP, dns_message, dns_query, ether, ip_frame, ipv6, question, udp, udp_query_frame, wire_name};
+    use crate::packet::{
+        DnsHeader, ETH_IPV6, Ext, UDP, dns_message, dns_query, ether, ip_frame, ipv6, question,
+        udp, udp_query_frame, wire_name,
+    };
     use std::net::IpAddr;
 
     fn scope() -> Scope {

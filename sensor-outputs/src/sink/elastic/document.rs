@@ -18,7 +18,12 @@ use std::{collections::HashMap, fmt::Write as _, io::Write as _, net::IpAddr, sy
 use serde::Serialize;
 use time::{Date, OffsetDateTime, format_description::FormatItem, macros::format_description};
 
-use sensor_model::{clock::WallClock, document::Document, enriched::Enriched, verdict::{Confidence, Finding, IntelDoc, Verdict}};
+use sensor_model::{
+    clock::WallClock,
+    document::Document,
+    enriched::Enriched,
+    verdict::{Confidence, Finding, IntelDoc, Verdict},
+};
 
 use sensor_intel::inventory::Inventory;
 

@@ -35,9 +35,11 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::SinkError;
-use sensor_model::{error::ConfigError, enriched::Enriched, verdict::Verdict, secret::SecretSource};
-use sensor_intel::inventory::Inventory;
 use crate::metrics::Metric;
+use sensor_intel::inventory::Inventory;
+use sensor_model::{
+    enriched::Enriched, error::ConfigError, secret::SecretSource, verdict::Verdict,
+};
 
 pub mod document;
 pub mod template;

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use super::*;
-use sensor_model::{query::Query, verdict::{Assessment, Confidence, Finding, Severity}};
+use sensor_model::{
+    query::Query,
+    verdict::{Assessment, Confidence, Finding, Severity},
+};
 
 #[test]
 fn defaults_validate_and_parse() {

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use super::{ElasticCounters, ElasticSection, document::Builder, template};
-use sensor_model::{error::ConfigError, enriched::Enriched, secret::Secret};
+use sensor_model::{enriched::Enriched, error::ConfigError, secret::Secret};
 
 enum Auth {
     None,

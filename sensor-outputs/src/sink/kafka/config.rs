@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Deserialize;
 
-use sensor_model::{error::ConfigError, verdict::Verdict, secret::SecretSource};
+use sensor_model::{error::ConfigError, secret::SecretSource, verdict::Verdict};
 
 /// Which events the sink produces: a set of verdicts, plus "no verdict" (threat intel is off, so
 /// the event carries none).

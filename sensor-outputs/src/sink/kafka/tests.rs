@@ -4,7 +4,10 @@
 use std::{net::IpAddr, sync::atomic::Ordering, time::Duration};
 
 use super::*;
-use sensor_model::{query::Query, verdict::{Assessment, Verdict}};
+use sensor_model::{
+    query::Query,
+    verdict::{Assessment, Verdict},
+};
 
 fn parse(toml_text: &str) -> Result<KafkaSection, String> {
     toml::from_str::<KafkaSection>(toml_text).map_err(|e| e.to_string())
