@@ -1,10 +1,16 @@
 //! Config checks, and the counters with brokers that cannot be reached (no broker needed; the
 //! tests with a broker are in `tests/kafka.rs`).
 
-use std::{net::IpAddr, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use super::*;
 use sensor_model::{
+    enriched::Enriched,
     query::Query,
     verdict::{Assessment, Verdict},
 };
