@@ -13,7 +13,7 @@ pub fn bench(ws: &Path, args: Vec<OsString>) -> Result<()> {
     cmd::run(
         Command::new("cargo")
             .current_dir(ws)
-            .args(["build", "--release", "-p", "sensor"]),
+            .args(["build", "--release", "-p", "sensor", "-p", "sensor-testkit", "--bins"]),
     )?;
     let bin = crate::target_dir(ws).join("release/sensor-bench");
     let runs: Vec<Vec<OsString>> = if args.is_empty() {

@@ -98,28 +98,21 @@ pub fn fuzz(ws: &Path, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// `cargo +nightly fuzz SUBCOMMAND --sanitizer none --fuzz-dir FUZZ_DIR` (cargo-fuzz needs
-/// nightly for its coverage instrumentation).
+/// `cargo +<pinned nightly> fuzz SUBCOMMAND --sanitizer address --fuzz-dir FUZZ_DIR` (cargo-fuzz
+/// needs nightly for its coverage instrumentation; the nightly is the one pinned for the eBPF
+/// build, so a new nightly cannot break fuzzing either).
 ///
-/// Without AddressSanitizer: with `-Zsanitizer=address` in the flags, cc-rs compiles the C code
-/// of zstd-sys with `-fsanitize=address` too, and librdkafka's configure step then cannot link
-/// its zstd check, so the sensor library does not build. The fuzzed code is safe Rust (the one
-/// `unsafe`, `decode::record`'s unaligned read, is behind a length check), so out-of-bounds
-/// accesses panic anyway; the targets' oracle is panics, debug assertions, overflow checks
-/// (cargo-fuzz's default build) and their own assertions. Every subcommand gets the same flag,
-/// or cargo would rebuild everything between them.
+/// Under AddressSanitizer: the fuzz crate depends on the decoding crates through
+/// `sensor-testkit` without its `kafka` feature, so no librdkafka (whose configure step cannot
+/// link an ASan-instrumented zstd) is built, and ASan watches the one `unsafe` the targets
+/// guard (`sensor_kernel::decode::record`'s copy into an `Event`). Every subcommand gets the same
+/// flags, or cargo would rebuild everything between them.
 fn cargo_fuzz_cmd(fuzz_dir: &Path, subcommand: &str) -> Command {
     let mut c = Command::new("cargo");
-    c.args([
-        "+nightly",
-        "fuzz",
-        subcommand,
-        "--sanitizer",
-        "none",
-        "--fuzz-dir",
-    ])
-    .arg(fuzz_dir)
-    .current_dir(fuzz_dir);
+    c.arg(format!("+{}", sensor_build::NIGHTLY))
+        .args(["fuzz", subcommand, "--sanitizer", "address", "--fuzz-dir"])
+        .arg(fuzz_dir)
+        .current_dir(fuzz_dir);
     c
 }
 

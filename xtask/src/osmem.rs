@@ -1,7 +1,7 @@
 //! osmem-server, the in-memory OpenSearch-compatible server the Elasticsearch sink's tests and
 //! bench index into. No Elasticsearch or OpenSearch distribution installs here; the Python
 //! package `osmem-server` ships a static binary at `osmem_server/bin/osmem-server` inside the
-//! package. The tests find it the same way (`sensor::testkit::osmem::binary`), or through
+//! package. The tests find it the same way (`sensor_testkit::osmem::binary`), or through
 //! `OSMEM_SERVER_BIN`.
 
 use std::{path::PathBuf, process::Command};

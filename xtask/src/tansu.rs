@@ -4,7 +4,7 @@
 //! versioned cache directory and skipped when the binary is there. The features: `libsql` (the
 //! SQLite storage engine, which keeps topics across a broker restart) and `dynostore` (the memory
 //! engine); a plain `cargo install tansu` has no storage engine at all. The tests find the binary
-//! at the same path (`sensor::testkit::tansu::install_root`), or through `DNS_SENSOR_TANSU`.
+//! at the same path (`sensor_testkit::tansu::install_root`), or through `DNS_SENSOR_TANSU`.
 
 use std::{path::PathBuf, process::Command};
 
@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use crate::cmd;
 
-/// Keep in step with `sensor::testkit::tansu::VERSION`.
+/// Keep in step with `sensor_testkit::tansu::VERSION`.
 const VERSION: &str = "0.6.0";
 const FEATURES: &str = "dynostore,libsql";
 
