@@ -5,6 +5,12 @@
 //! Every wait here is for a condition (a message arriving, the stage shutting down), never a
 //! sleep standing in for one; the virtual sleeps in `spread_hits` only space the hits out.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;

@@ -2,6 +2,12 @@
 //! ETag and Last-Modified (304), HTTPS, and lists swapped while clients fetch in a loop: every
 //! response (and every read of the file) is a whole list, the old or the new.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{path::Path, sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, header};

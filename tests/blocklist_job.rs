@@ -3,6 +3,12 @@
 //! fake ThreatBook answering IP reputation. Checks the results files, the EDL file, what was
 //! asked, and that a failing provider leaves the list byte for byte as it was.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{net::IpAddr, path::Path};
 
 use sensor_blocklist::job;

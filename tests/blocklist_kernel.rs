@@ -3,6 +3,12 @@
 //! bpftool's dump, and a blocked source's packets dropped by a running sensor in a network
 //! namespace while others pass. Needs root, iproute2, dig and bpftool; fails without them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     collections::BTreeMap,

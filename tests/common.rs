@@ -4,6 +4,12 @@
 //! for them: [`sensor_bin`] builds it once per test process with the same profile, which is a
 //! no-op when `cargo xtask test` already did, and never runs a stale binary.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{
     path::{Path, PathBuf},
     process::Command,

@@ -4,6 +4,12 @@
 //! the same client, name and type, nothing is invented, and every other packet is accounted
 //! for by a kernel counter. Needs root, tcpreplay and tshark; fails without them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     collections::BTreeMap,

@@ -3,6 +3,12 @@
 //! attached to a veth whose other end is in a namespace the test creates; steady query traffic
 //! from two clients while it happens. Needs root, iproute2, bpftool and dig.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     net::{IpAddr, SocketAddr},

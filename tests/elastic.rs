@@ -8,6 +8,12 @@
 //!
 //! A missing osmem-server fails the tests (it never skips them).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{
     collections::HashMap,
     net::IpAddr,

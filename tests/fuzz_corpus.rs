@@ -8,6 +8,12 @@
 //! [`fuzzing::seeds`] into the corpus folders (done once; `cargo fuzz cmin` keeps what adds
 //! coverage).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},

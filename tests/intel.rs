@@ -1,6 +1,12 @@
 //! The intel path end to end in one process: enrichment stage → verdict cache → batcher →
 //! ThreatBook client → the fake ThreatBook server (real HTTP on loopback).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr},

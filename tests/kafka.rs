@@ -3,6 +3,12 @@
 //! outage at 5,000 events/s, the spool across an outage and across a restart of the sink, and a
 //! start while the broker is down. Every test checks that the counters add up.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{
     collections::{HashMap, HashSet},
     io::Write,

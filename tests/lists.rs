@@ -1,6 +1,12 @@
 //! Lists reloaded on a real SIGHUP. A binary of its own: the signal goes to this process, whose
 //! only handler for it is the one under test (no root, no kernel features needed).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{
     path::Path,
     sync::{Arc, atomic::Ordering},

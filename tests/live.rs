@@ -1,6 +1,12 @@
 //! The sensor attached to a veth in a network namespace the test creates, with real `dig`
 //! queries from the client namespace. Needs root, iproute2, dig and bpftool; fails without them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     net::IpAddr,

@@ -3,6 +3,12 @@
 //! auth, the kernel's BLOCKLIST (`sensor blocklist show`), and in network namespaces the listed
 //! source's packets dropped while another client's pass. Needs root, iproute2 and dig.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     net::IpAddr,

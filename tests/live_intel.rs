@@ -2,6 +2,12 @@
 //! malicious → a WeCom message naming the client and its owner, and the JSON line carries the
 //! verdict. Needs root, iproute2 and dig; fails without them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     net::IpAddr,

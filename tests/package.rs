@@ -5,6 +5,12 @@
 //! root, dpkg, cargo-deb (`cargo xtask setup --test-deps`) and systemd-analyze; fails without
 //! them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     os::unix::fs::PermissionsExt,

@@ -2,6 +2,12 @@
 //! packets for every branch, asserting the action, the ring-buffer record (or its absence) and
 //! the exact counter changes. Needs root (CAP_BPF, CAP_PERFMON); fails without it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{

@@ -5,6 +5,12 @@
 //! namespace. Needs root, util-linux (setpriv, unshare), iproute2, dig, strace and
 //! systemd-analyze; fails without them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use common::sensor_bin;
 use std::{
     collections::{BTreeMap, BTreeSet},

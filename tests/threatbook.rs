@@ -2,6 +2,12 @@
 //! `response_code`, HTTP 500, timeouts, connection errors, and an API key that never shows up in
 //! an error. Runs without privileges.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
+)]
+
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use sensor_model::{

@@ -59,7 +59,10 @@ pub struct EnrichSettings {
 
 /// Where malicious hits go (the alerter). One call per (client, name) sighting group.
 pub trait HitSink: Send + Sync {
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one sighting group: the client, the name and its type, the verdict, the first and last sighting and the count; a struct would only rename them"
+    )]
     fn hit(
         &self,
         client: IpAddr,

@@ -1,6 +1,12 @@
 //! Building blocks for the tests and benchmarks: crafted packets, network namespaces, a DNS
 //! responder. Part of the library so that `tests/` and the bench command share one copy.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support, never in the product: a failed unwrap or expect fails the test or bench that called it, with its message"
+)]
+
 pub mod collect_bench;
 pub mod daemon;
 pub mod fake_threatbook;

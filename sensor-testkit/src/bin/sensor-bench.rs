@@ -9,6 +9,12 @@
 //! received, loss and CPU per query for both (the sensor's CPU = the XDP program's run time
 //! from the kernel's BPF statistics + the daemon's user and system time).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support, never in the product: a failed unwrap or expect fails the test or bench that called it, with its message"
+)]
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
