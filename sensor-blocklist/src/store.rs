@@ -453,7 +453,7 @@ impl Store {
             version: STATE_VERSION,
             entries: plan.entries.clone(),
         };
-        let text = serde_json::to_vec_pretty(&state).expect("state serialises");
+        let text = serde_json::to_vec_pretty(&state).map_err(|e| io(std::io::Error::other(e)))?;
         sensor_model::files::write_atomic(&path, &text).map_err(io)?;
         self.entries = plan.entries.iter().map(|e| (e.ip, e.clone())).collect();
         Ok(())

@@ -487,6 +487,12 @@ fn normalise_into(text: &str, out: &mut String) -> Result<EntryKind, NameError> 
     Ok(kind)
 }
 
+impl From<ListError> for sensor_model::reload::ReloadError {
+    fn from(e: ListError) -> Self {
+        Self::List(Box::new(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -796,11 +802,5 @@ mod tests {
              {ns_small} ns)",
             big.heap_bytes() >> 20
         );
-    }
-}
-
-impl From<ListError> for sensor_model::reload::ReloadError {
-    fn from(e: ListError) -> Self {
-        Self::List(Box::new(e))
     }
 }

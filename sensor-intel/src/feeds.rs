@@ -159,7 +159,7 @@ impl IpSet {
                 self.v4.iter().find_map(|(plen, set)| {
                     let net = bits & u32::MAX.checked_shl(32 - u32::from(*plen)).unwrap_or(0);
                     set.contains(&net)
-                        .then(|| IpNet::V4(Ipv4Net::new(net.into(), *plen).expect("plen <= 32")))
+                        .then(|| IpNet::V4(Ipv4Net::new_assert(net.into(), (*plen).min(32))))
                 })
             }
             IpAddr::V6(a) => {
@@ -167,7 +167,7 @@ impl IpSet {
                 self.v6.iter().find_map(|(plen, set)| {
                     let net = bits & u128::MAX.checked_shl(128 - u32::from(*plen)).unwrap_or(0);
                     set.contains(&net)
-                        .then(|| IpNet::V6(Ipv6Net::new(net.into(), *plen).expect("plen <= 128")))
+                        .then(|| IpNet::V6(Ipv6Net::new_assert(net.into(), (*plen).min(128))))
                 })
             }
         }
@@ -228,7 +228,7 @@ impl IpSet {
 fn canonical(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
-            Some(v4) => IpNet::V4(Ipv4Net::new(v4, n.prefix_len() - 96).expect("plen <= 32")),
+            Some(v4) => IpNet::V4(Ipv4Net::new_assert(v4, (n.prefix_len() - 96).min(32))),
             None => net.trunc(),
         },
         _ => net.trunc(),

@@ -151,6 +151,10 @@ pub fn program(ebpf: &mut Ebpf) -> &mut Xdp {
 }
 
 /// A program of the object by name (`PROGRAM_NAME` or `NOOP_PROGRAM_NAME`).
+#[expect(
+    clippy::expect_used,
+    reason = "the object is embedded at build time and defines both programs, as XDP; every test that loads it checks this"
+)]
 pub fn named_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
     ebpf.program_mut(name)
         .expect("the object defines the program")

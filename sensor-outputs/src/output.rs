@@ -56,10 +56,13 @@ pub fn open(cfg: &OutputSection) -> io::Result<Box<dyn Write + Send>> {
     Ok(match cfg.kind {
         OutputKind::Stdout => Box::new(io::stdout()),
         OutputKind::File => {
-            let path = cfg
-                .path
-                .as_ref()
-                .expect("validated: output.path is set for kind = file");
+            // The config's validation refuses this already; an error, not a panic, if not.
+            let path = cfg.path.as_ref().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "config key `output.path`: required when output.kind = \"file\"",
+                )
+            })?;
             Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)

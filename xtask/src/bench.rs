@@ -10,11 +10,15 @@ use crate::{cmd, setup};
 pub fn bench(ws: &Path, args: Vec<OsString>) -> Result<()> {
     cmd::require_root("the benchmarks (they load XDP programs and create namespaces)")?;
     setup::setup(true)?;
-    cmd::run(
-        Command::new("cargo")
-            .current_dir(ws)
-            .args(["build", "--release", "-p", "sensor", "-p", "sensor-testkit", "--bins"]),
-    )?;
+    cmd::run(Command::new("cargo").current_dir(ws).args([
+        "build",
+        "--release",
+        "-p",
+        "sensor",
+        "-p",
+        "sensor-testkit",
+        "--bins",
+    ]))?;
     let bin = crate::target_dir(ws).join("release/sensor-bench");
     let runs: Vec<Vec<OsString>> = if args.is_empty() {
         vec![

@@ -32,6 +32,12 @@ pub fn test(ws: &Path, lint: bool, cargo_args: Vec<OsString>) -> Result<()> {
     // The integration tests (crate `sensor-tests`) run the `sensor` binary, which cargo does not
     // build for another package's tests: build it first (their helper builds it too, a no-op
     // then, so a test never runs a stale binary).
-    cmd::run(&mut cargo(&["build", "--package", "sensor", "--bin", "sensor"]))?;
+    cmd::run(&mut cargo(&[
+        "build",
+        "--package",
+        "sensor",
+        "--bin",
+        "sensor",
+    ]))?;
     cmd::run(cargo(&["test", "--workspace"]).args(cargo_args))
 }

@@ -23,7 +23,7 @@ pub enum PrefixError {
 pub fn canonical_net(net: &IpNet) -> IpNet {
     match net {
         IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
-            Some(v4) => IpNet::V4(Ipv4Net::new(v4, n.prefix_len() - 96).expect("prefix <= 32")),
+            Some(v4) => IpNet::V4(Ipv4Net::new_assert(v4, (n.prefix_len() - 96).min(32))),
             None => *net,
         },
         _ => *net,
@@ -46,12 +46,12 @@ pub fn net_of_key(key: &Key<LpmAddr>) -> IpNet {
     let (plen, data) = (key.prefix_len(), key.data());
     if plen >= 96 && sensor_common::is_ipv4_mapped(&data) {
         let v4 = std::net::Ipv4Addr::new(data[12], data[13], data[14], data[15]);
-        IpNet::V4(ipnet::Ipv4Net::new(v4, (plen - 96) as u8).expect("prefix <= 32"))
+        IpNet::V4(ipnet::Ipv4Net::new_assert(v4, (plen - 96).min(32) as u8))
     } else {
-        IpNet::V6(
-            ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(data), plen.min(128) as u8)
-                .expect("prefix <= 128"),
-        )
+        IpNet::V6(ipnet::Ipv6Net::new_assert(
+            std::net::Ipv6Addr::from(data),
+            plen.min(128) as u8,
+        ))
     }
 }
 
@@ -64,8 +64,7 @@ pub fn filter_words(nets: impl IntoIterator<Item = IpNet>) -> Vec<u64> {
     // can match a mapped address sets that bucket too, or such a packet would skip the lookup
     // and escape the blocklist (found by the kernel parser fuzzing).
     let mapped_source_bucket = sensor_common::bucket_of_first_word(false, 0, 0);
-    let mapped =
-        ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(ipv4_mapped([0; 4])), 96).expect("valid");
+    let mapped = ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::from(ipv4_mapped([0; 4])), 96);
     for net in nets {
         let can_match_mapped = match net {
             IpNet::V4(_) => true,
@@ -94,14 +93,13 @@ pub fn filter_words(nets: impl IntoIterator<Item = IpNet>) -> Vec<u64> {
                 // ::ffff:0:0/96 and anything containing it also matches IPv4 sources.
                 if n.contains(&mapped) {
                     words[..half].fill(u64::MAX);
-                } else if mapped.contains(&n) {
-                    let v4 = IpNet::V4(
-                        ipnet::Ipv4Net::new(
-                            n.network().to_ipv4_mapped().expect("inside ::ffff:0:0/96"),
-                            n.prefix_len() - 96,
-                        )
-                        .expect("prefix <= 32"),
-                    );
+                } else if mapped.contains(&n)
+                    && let Some(v4) = n.network().to_ipv4_mapped()
+                {
+                    let v4 = IpNet::V4(ipnet::Ipv4Net::new_assert(
+                        v4,
+                        (n.prefix_len() - 96).min(32),
+                    ));
                     let sub = filter_words([v4]);
                     for (w, s) in words[..half].iter_mut().zip(&sub[..half]) {
                         *w |= s;

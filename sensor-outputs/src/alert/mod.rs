@@ -588,9 +588,13 @@ impl Alerter {
     ) -> Result<Self, AlertError> {
         config.validate()?;
         let counters = Arc::new(Counters::default());
-        let time = TimeFmt {
-            offset: format::parse_offset(&config.time_zone).expect("validated"),
-        };
+        // `validate` above refused a zone `parse_offset` cannot read; the error stays for safety.
+        let offset =
+            format::parse_offset(&config.time_zone).ok_or_else(|| ConfigError::Invalid {
+                key: "alerts.time_zone",
+                message: format!("{:?} is not `UTC` or an offset", config.time_zone),
+            })?;
+        let time = TimeFmt { offset };
         let (deadline_tx, deadline_rx) = watch::channel(None);
 
         let mut sinks = Vec::new();

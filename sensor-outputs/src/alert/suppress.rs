@@ -128,15 +128,16 @@ impl Suppressor {
     /// no message has shown.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<Arc<Alert>> {
         let mut out = Vec::new();
-        while let Some((deadline, _)) = self.order.front() {
-            if *deadline > now {
+        while let Some((deadline, key)) = self.order.pop_front() {
+            if deadline > now {
+                self.order.push_front((deadline, key));
                 break;
             }
-            let (deadline, key) = self.order.pop_front().expect("front exists");
             // The entry may have been replaced (window ended, pair alerted again): only the
             // tracked window with this deadline is closed here.
-            if self.pairs.get(&key).is_some_and(|t| t.deadline == deadline) {
-                let old = self.pairs.remove(&key).expect("checked");
+            if self.pairs.get(&key).is_some_and(|t| t.deadline == deadline)
+                && let Some(old) = self.pairs.remove(&key)
+            {
                 out.extend(still_active(&old.alert));
             }
         }

@@ -91,5 +91,6 @@ impl KafkaCounters {
 #[cfg(feature = "kafka")]
 pub use sink::KafkaSink;
 
-#[cfg(all(test, feature = "kafka"))]
+#[cfg(test)]
+#[cfg(feature = "kafka")]
 mod tests;

@@ -373,8 +373,9 @@ impl Worker {
                 Err((e, _)) => {
                     // librdkafka refused it outright: append it again (or drop it if it can
                     // never succeed), and try the rest on a later tick.
+                    // `peek` above holds this record, so `take` hands it over.
+                    let Some(rec) = s.take() else { break };
                     c.in_flight.fetch_add(1, Ordering::SeqCst);
-                    let rec = s.take().expect("peeked");
                     c.spool_pending.store(s.pending(), Ordering::SeqCst);
                     drop(s);
                     self.shared.fail(

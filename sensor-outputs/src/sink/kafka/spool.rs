@@ -221,7 +221,9 @@ impl Spool {
         if roll {
             self.roll()?;
         }
-        let (seq, w) = self.writer.as_mut().expect("roll opened a writer");
+        let Some((seq, w)) = self.writer.as_mut() else {
+            return Err(io::Error::other("no segment open for writing").into());
+        };
         let mut crc = crc32fast::Hasher::new();
         crc.update(&key_len.to_le_bytes());
         crc.update(key);
@@ -323,8 +325,10 @@ impl Spool {
                 self.delete_finished();
                 continue;
             }
-            if writing && self.dirty {
-                let (_, w) = self.writer.as_mut().expect("writing");
+            if writing
+                && self.dirty
+                && let Some((_, w)) = self.writer.as_mut()
+            {
                 w.flush()?;
             }
             if self
@@ -335,7 +339,9 @@ impl Spool {
                 let f = File::open(self.dir.join(seg_name(self.read_seq)))?;
                 self.read_file = Some((self.read_seq, f));
             }
-            let (_, file) = self.read_file.as_ref().expect("opened");
+            let Some((_, file)) = self.read_file.as_ref() else {
+                return Err(io::Error::other("kafka spool: no segment open for reading"));
+            };
             match read_record(file, self.read_pos)? {
                 Some((key, payload, len)) => {
                     let rec = Record {
@@ -354,8 +360,9 @@ impl Spool {
                         offset = self.read_pos,
                         "kafka spool: corrupt record, skipping the rest of the segment"
                     );
-                    let seg = self.segments.get_mut(&self.read_seq).expect("present");
-                    seg.len = self.read_pos;
+                    if let Some(seg) = self.segments.get_mut(&self.read_seq) {
+                        seg.len = self.read_pos;
+                    }
                     // Its unread records are gone; recount what is left.
                     self.pending = self.count_unread()?;
                 }
@@ -468,8 +475,9 @@ fn read_record(file: &File, pos: u64) -> io::Result<Option<RawRecord>> {
     if !read_full_at(file, &mut header, pos)? {
         return Ok(None);
     }
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]);
+    let crc = u32::from_le_bytes([c0, c1, c2, c3]);
     if !(2..=MAX_BODY).contains(&len) {
         return Ok(None);
     }
