@@ -26,7 +26,7 @@ pub fn install() -> Result<()> {
         ),
         Err(_) => eprintln!("installing cargo-deb {CARGO_DEB_VERSION}"),
     }
-    cmd::run(Command::new("cargo").args([
+    cmd::run_to_stderr(Command::new("cargo").args([
         "install",
         "cargo-deb",
         "--locked",

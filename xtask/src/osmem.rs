@@ -48,11 +48,11 @@ pub fn install() -> Result<()> {
         ]);
         c
     };
-    if let Err(err) = cmd::run(&mut pip()) {
+    if let Err(err) = cmd::run_to_stderr(&mut pip()) {
         // A distribution's own Python (PEP 668) refuses installs outside a venv; the package is
         // one static binary and a launcher, so installing it beside the system's is harmless.
         eprintln!("pip refused ({err:#}); retrying with --break-system-packages");
-        cmd::run(pip().arg("--break-system-packages"))?;
+        cmd::run_to_stderr(pip().arg("--break-system-packages"))?;
     }
     let bin = find()
         .context("pip installed osmem-server but osmem_server/bin/osmem-server is missing")?;

@@ -37,7 +37,7 @@ pub fn install() -> Result<()> {
     let target = crate::home_dir()?
         .join(".cache/dns-sensor")
         .join(format!("tansu-{VERSION}-build"));
-    cmd::run(
+    cmd::run_to_stderr(
         Command::new("cargo")
             .env("CARGO_TARGET_DIR", &target)
             .args(["install", "tansu", "--locked", "--version", VERSION])
