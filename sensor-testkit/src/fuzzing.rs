@@ -1110,60 +1110,7 @@ fn state_seeds() -> Vec<(String, Vec<u8>)> {
 }
 
 /// A `/v3/scene/dns` answer shaped like the documented one (as in threatbook.rs's tests).
-const DNS_ANSWER: &str = r#"{
-    "response_code": 0,
-    "verbose_msg": "OK",
-    "data": {
-        "ips": {},
-        "domains": {
-            "noah-admin.site": {
-                "is_malicious": true,
-                "confidence_level": "high",
-                "severity": "critical",
-                "judgments": ["C2", "Malware"],
-                "tags_classes": [
-                    {"tags_type": "gangs", "tags": ["SilverFox"]},
-                    {"tags_type": "", "tags": ["Trojan", ""]}
-                ],
-                "permalink": "https://x.threatbook.com/v5/domain/noah-admin.site"
-            },
-            "WWW.Example.com.": {
-                "is_malicious": false,
-                "confidence_level": "high",
-                "severity": "info",
-                "judgments": ["Whitelist"],
-                "tags_classes": [],
-                "permalink": "https://x.threatbook.com/v5/domain/www.example.com"
-            }
-        }
-    }
-}"#;
+const DNS_ANSWER: &str = include_str!("../../tests/fixtures/threatbook/dns_answer.json");
 
 /// The captured `/v3/scene/ip_reputation` answer (as in threatbook.rs's tests).
-const IP_ANSWER: &str = r#"{
-    "data": {
-        "159.203.93.255": {
-            "severity": "low",
-            "judgments": ["Zombie", "IDC", "Spam"],
-            "tags_classes": [],
-            "basic": {
-                "carrier": "DigitalOcean, LLC",
-                "location": {
-                    "country": "United States",
-                    "province": "New Jersey",
-                    "city": "Clifton",
-                    "lng": "-74.16366",
-                    "lat": "40.858403",
-                    "country_code": "US"
-                }
-            },
-            "asn": {"rank": 4, "info": "DIGITALOCEAN-ASN, US", "number": 14061},
-            "scene": "",
-            "confidence_level": "low",
-            "is_malicious": true,
-            "update_time": "2020-10-29 16:47:43"
-        }
-    },
-    "response_code": 0,
-    "verbose_msg": "OK"
-}"#;
+const IP_ANSWER: &str = include_str!("../../tests/fixtures/threatbook/ip_reputation_answer.json");
