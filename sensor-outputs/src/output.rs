@@ -12,13 +12,14 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use sensor_model::{
-    clock::WallClock, counters::StageCounters, encode::Encoder, enriched::Enriched,
-};
+use sensor_model::{clock::WallClock, counters::StageCounters, encode::Encoder};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::{metrics::Metric, sink::Sink};
+use crate::{
+    metrics::Metric,
+    sink::{SharedEvent, Sink},
+};
 
 /// Where events go.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -75,7 +76,7 @@ pub fn open(cfg: &OutputSection) -> io::Result<Box<dyn Write + Send>> {
 
 /// Writes queries until the channel closes. Runs on its own thread: writes block.
 pub fn write_all(
-    mut rx: mpsc::Receiver<Enriched>,
+    mut rx: mpsc::Receiver<SharedEvent>,
     sink: Box<dyn Write + Send>,
     observer: String,
     interfaces: HashMap<u32, String>,
@@ -84,16 +85,9 @@ pub fn write_all(
     let mut out = io::BufWriter::with_capacity(1 << 16, sink);
     let clock = WallClock::new();
     let mut encoder = Encoder::new(&observer, &interfaces);
-    let mut line = Vec::with_capacity(1024);
     while let Some(e) = rx.blocking_recv() {
-        line.clear();
-        let q = &e.query;
-        encoder.encode(
-            q,
-            e.intel.as_deref(),
-            clock.unix_ns(q.ts_mono_ns),
-            &mut line,
-        );
+        // Encoded here or already by the Kafka sink: the same bytes either way.
+        let line = e.line(&mut encoder, &clock);
         match out.write_all(&line) {
             Ok(()) => {
                 counters.written.fetch_add(1, Ordering::Relaxed);
@@ -117,7 +111,7 @@ pub fn write_all(
 /// The JSON-lines output as a [`Sink`]: a bounded queue (`output.queue_size`) in front of the
 /// writer thread; a full queue is a counted drop (`output_queue_full`), never a wait.
 pub struct JsonLines {
-    tx: mpsc::Sender<Enriched>,
+    tx: mpsc::Sender<SharedEvent>,
     queue_full: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -143,7 +137,7 @@ impl JsonLines {
     }
 
     /// The queue in front of the writer, for its depth metric.
-    pub fn queue(&self) -> &mpsc::Sender<Enriched> {
+    pub fn queue(&self) -> &mpsc::Sender<SharedEvent> {
         &self.tx
     }
 }
@@ -153,7 +147,7 @@ impl Sink for JsonLines {
         "output"
     }
 
-    fn offer(&self, event: &Enriched) {
+    fn offer(&self, event: &SharedEvent) {
         if self.tx.try_send(event.clone()).is_err() {
             self.queue_full.fetch_add(1, Ordering::Relaxed);
         }

@@ -17,6 +17,7 @@ pub enum SinkError {
 
 use std::{
     collections::BTreeMap,
+    sync::OnceLock,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -24,11 +25,52 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use sensor_model::enriched::Enriched;
+use sensor_model::{clock::WallClock, encode::Encoder, enriched::Enriched};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metric;
+
+/// One event as the fan-out hands it to every sink: shared (each sink's queue holds a pointer,
+/// not a copy), with its ECS JSON line encoded at most once, by the first sink that writes it,
+/// and handed to the others as the same bytes.
+#[derive(Debug)]
+pub struct Shared {
+    pub event: Enriched,
+    line: OnceLock<Bytes>,
+}
+
+/// What the sinks' queues hold.
+pub type SharedEvent = Arc<Shared>;
+
+impl Shared {
+    pub fn new(event: Enriched) -> SharedEvent {
+        Arc::new(Self {
+            event,
+            line: OnceLock::new(),
+        })
+    }
+
+    /// The event's JSON line, newline included, as [`Encoder`] writes it. Every sink's encoder
+    /// is built from the same observer and interface names (the pipeline's), so which sink
+    /// encodes first does not change the bytes; `clock` is the process-wide wall clock.
+    pub fn line(&self, encoder: &mut Encoder, clock: &WallClock) -> Bytes {
+        self.line
+            .get_or_init(|| {
+                let q = &self.event.query;
+                let mut out = Vec::with_capacity(512);
+                encoder.encode(
+                    q,
+                    self.event.intel.as_deref(),
+                    clock.unix_ns(q.ts_mono_ns),
+                    &mut out,
+                );
+                Bytes::from(out)
+            })
+            .clone()
+    }
+}
 
 /// What every output is to the fan-out: it takes events without ever waiting (a full queue is
 /// a counted drop), reports its own metrics, and delivers what it holds when the sensor stops.
@@ -38,7 +80,7 @@ pub trait Sink: Send + Sync {
     /// Name for logs (`kafka`, `elasticsearch`, `output`).
     fn name(&self) -> &'static str;
     /// Takes one event; never blocks the pipeline.
-    fn offer(&self, event: &Enriched);
+    fn offer(&self, event: &SharedEvent);
     /// The sink's metrics (its counters; every drop by stage and reason).
     fn metrics(&self) -> Vec<Metric>;
     /// Delivers what is queued within `grace`, then stops. Called once, after the fan-out has
@@ -64,8 +106,9 @@ impl Fanout {
     /// Runs until `rx` closes; returns the sinks for their shutdown.
     pub async fn run(self, mut rx: mpsc::Receiver<Enriched>) -> Self {
         while let Some(e) = rx.recv().await {
+            let shared = Shared::new(e);
             for sink in &self.sinks {
-                sink.offer(&e);
+                sink.offer(&shared);
             }
         }
         self
@@ -128,9 +171,9 @@ pub(crate) struct IntakeCounters<'a> {
 /// `in_flight` is raised before the send, so the sink's task can never finish an event that
 /// is not yet counted in flight.
 pub(crate) fn intake(
-    event: &Enriched,
+    event: &SharedEvent,
     wanted: bool,
-    tx: &mpsc::Sender<Enriched>,
+    tx: &mpsc::Sender<SharedEvent>,
     c: IntakeCounters<'_>,
 ) {
     c.events_in.fetch_add(1, Ordering::Relaxed);
@@ -146,5 +189,55 @@ pub(crate) fn intake(
         };
         c.dropped.add("queue", reason, 1);
         c.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, net::IpAddr};
+
+    use sensor_model::query::Query;
+
+    use super::*;
+
+    fn query() -> Enriched {
+        Enriched {
+            query: Query {
+                ts_mono_ns: 5,
+                ifindex: 1,
+                vlan_outer: 0,
+                vlan_inner: 0,
+                src: IpAddr::from([10, 0, 0, 1]),
+                dst: IpAddr::from([10, 0, 0, 53]),
+                src_port: 40000,
+                dst_port: 53,
+                transport: sensor_common::Transport::Udp,
+                dns_id: 7,
+                qtype: 1,
+                qclass: 1,
+                name: "www.example.com".into(),
+            },
+            intel: None,
+        }
+    }
+
+    #[test]
+    fn a_line_is_encoded_once_and_shared() {
+        let interfaces = HashMap::from([(1, "eth0".to_owned())]);
+        let clock = WallClock::new();
+        let (mut first, mut second) = (
+            Encoder::new("s1", &interfaces),
+            Encoder::new("s1", &interfaces),
+        );
+        let shared = Shared::new(query());
+        let a = shared.line(&mut first, &clock);
+        let b = shared.line(&mut second, &clock);
+        // The same buffer, not an equal copy.
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        let mut direct = Vec::new();
+        let q = &shared.event.query;
+        first.encode(q, None, clock.unix_ns(q.ts_mono_ns), &mut direct);
+        assert_eq!(&a[..], &direct[..]);
+        assert!(a.ends_with(b"\n"));
     }
 }

@@ -298,7 +298,7 @@ impl ElasticCounters {
 
 /// Handle of the running sink.
 pub struct ElasticSink {
-    tx: mpsc::Sender<Enriched>,
+    tx: mpsc::Sender<super::SharedEvent>,
     filter: EventFilter,
     counters: Arc<ElasticCounters>,
     stop: watch::Sender<bool>,
@@ -349,6 +349,12 @@ impl ElasticSink {
 
     /// Queues an event without waiting; a full queue counts a drop.
     pub fn offer(&self, event: &Enriched) {
+        self.offer_shared(&super::Shared::new(event.clone()));
+    }
+
+    /// [`Self::offer`] for an event the fan-out shares with the other sinks.
+    pub fn offer_shared(&self, shared: &super::SharedEvent) {
+        let event = &shared.event;
         let wanted = match self.filter {
             EventFilter::All => true,
             EventFilter::Malicious => event
@@ -358,7 +364,7 @@ impl ElasticSink {
         };
         let c = &self.counters;
         super::intake(
-            event,
+            shared,
             wanted,
             &self.tx,
             super::IntakeCounters {
@@ -476,8 +482,8 @@ impl super::Sink for ElasticSink {
     fn name(&self) -> &'static str {
         "elasticsearch"
     }
-    fn offer(&self, event: &Enriched) {
-        ElasticSink::offer(self, event);
+    fn offer(&self, event: &super::SharedEvent) {
+        self.offer_shared(event);
     }
     fn metrics(&self) -> Vec<Metric> {
         ElasticSink::metrics(self)

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use super::{ElasticCounters, ElasticSection, document::Builder, template};
-use sensor_model::{enriched::Enriched, error::ConfigError, secret::Secret};
+use sensor_model::{error::ConfigError, secret::Secret};
 
 enum Auth {
     None,
@@ -312,7 +312,7 @@ impl Worker {
         }
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Enriched>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<crate::sink::SharedEvent>) {
         let mut stop = self.stop.clone();
         if self.template.is_some() && self.install_template(&mut stop).await == Flow::Stopped {
             self.drain_stopped(&mut rx, Vec::new());
@@ -344,7 +344,7 @@ impl Worker {
                 self.builder.resync();
             }
             let mut item = Vec::with_capacity(1024);
-            self.builder.item(&event, &mut item);
+            self.builder.item(&event.event, &mut item);
             if !batch.is_empty() && bytes + item.len() > self.max_bytes {
                 bytes = 0;
                 deadline = Instant::now() + self.flush;
@@ -370,7 +370,11 @@ impl Worker {
     }
 
     /// The shutdown deadline passed: everything still held is dropped as `shutdown`.
-    fn drain_stopped(&mut self, rx: &mut mpsc::Receiver<Enriched>, batch: Vec<Item>) {
+    fn drain_stopped(
+        &mut self,
+        rx: &mut mpsc::Receiver<crate::sink::SharedEvent>,
+        batch: Vec<Item>,
+    ) {
         self.drop_items("bulk", "shutdown", batch.len());
         rx.close();
         let mut queued = 0;

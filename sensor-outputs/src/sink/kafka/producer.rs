@@ -20,7 +20,7 @@ use rdkafka::{
 use tokio::sync::mpsc;
 
 use super::{KafkaCounters, KafkaSection, spool::Spool};
-use sensor_model::{clock::WallClock, encode::Encoder, enriched::Enriched};
+use sensor_model::{clock::WallClock, encode::Encoder};
 
 /// What the producer task and librdkafka's callback thread share.
 pub(crate) struct Shared {
@@ -187,7 +187,6 @@ pub(crate) struct Worker {
     topic: String,
     encoder: Encoder,
     clock: WallClock,
-    doc: Vec<u8>,
     key: String,
     queue_full_retry: Duration,
     producer_queue_size: usize,
@@ -217,7 +216,6 @@ impl Worker {
                 topic: cfg.topic.clone(),
                 encoder: Encoder::new(observer, interfaces),
                 clock: WallClock::new(),
-                doc: Vec::with_capacity(1024),
                 key: String::with_capacity(40),
                 queue_full_retry: Duration::from_millis(cfg.queue_full_retry_ms),
                 producer_queue_size: cfg.producer_queue_size,
@@ -228,7 +226,7 @@ impl Worker {
         ))
     }
 
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Enriched>) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<crate::sink::SharedEvent>) {
         let mut batch = Vec::with_capacity(256);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -283,25 +281,18 @@ impl Worker {
         self.shared.spool.is_some() && self.shared.counters.spool_pending.load(Ordering::SeqCst) > 0
     }
 
-    async fn handle(&mut self, e: &Enriched) {
-        let q = &e.query;
-        self.doc.clear();
-        self.encoder.encode(
-            q,
-            e.intel.as_deref(),
-            self.clock.unix_ns(q.ts_mono_ns),
-            &mut self.doc,
-        );
+    async fn handle(&mut self, e: &crate::sink::Shared) {
+        let q = &e.event.query;
+        // The line the JSON-lines output writes too (encoded once, by whichever is first);
         // Kafka documents are the JSON lines without their newline.
-        if self.doc.last() == Some(&b'\n') {
-            self.doc.pop();
-        }
+        let line = e.line(&mut self.encoder, &self.clock);
+        let doc = line.strip_suffix(b"\n").unwrap_or(&line);
         self.key.clear();
         let _ = write!(self.key, "{}", q.src);
         if self.spool_pending() {
             // Behind the records already waiting, so the order is kept.
             self.shared
-                .fail("producer", None, self.key.as_bytes(), &self.doc, None);
+                .fail("producer", None, self.key.as_bytes(), doc, None);
             return;
         }
         let deadline = if self.saturated {
@@ -312,7 +303,7 @@ impl Worker {
         loop {
             let record = BaseRecord::with_opaque_to(&self.topic, 0)
                 .key(self.key.as_bytes())
-                .payload(&self.doc[..]);
+                .payload(doc);
             match self.producer.load().send(record) {
                 Ok(()) => {
                     self.saturated = false;
@@ -328,7 +319,7 @@ impl Worker {
                         self.saturated = true;
                     }
                     self.shared
-                        .fail("producer", code, self.key.as_bytes(), &self.doc, None);
+                        .fail("producer", code, self.key.as_bytes(), doc, None);
                     return;
                 }
             }

@@ -15,12 +15,12 @@ use tokio::sync::mpsc;
 use super::{EventFilter, KafkaCounters, KafkaSection, producer, spool};
 use crate::{
     metrics::Metric,
-    sink::{IntakeCounters, Sink, SinkError, intake},
+    sink::{IntakeCounters, Shared, SharedEvent, Sink, SinkError, intake},
 };
 
 /// Handle of the running sink.
 pub struct KafkaSink {
-    tx: mpsc::Sender<Enriched>,
+    tx: mpsc::Sender<SharedEvent>,
     filter: EventFilter,
     counters: Arc<KafkaCounters>,
     /// Read by the producer task when the channel closes.
@@ -122,9 +122,15 @@ impl KafkaSink {
 
     /// Queues an event without waiting; a full queue counts a drop.
     pub fn offer(&self, event: &Enriched) {
+        self.offer_shared(&Shared::new(event.clone()));
+    }
+
+    /// [`Self::offer`] for an event the fan-out shares with the other sinks.
+    pub fn offer_shared(&self, shared: &SharedEvent) {
+        let event = &shared.event;
         let c = &self.counters;
         intake(
-            event,
+            shared,
             self.filter.keeps(event.intel.as_ref().map(|a| a.verdict)),
             &self.tx,
             IntakeCounters {
@@ -246,8 +252,8 @@ impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
     }
-    fn offer(&self, event: &Enriched) {
-        KafkaSink::offer(self, event);
+    fn offer(&self, event: &SharedEvent) {
+        self.offer_shared(event);
     }
     fn metrics(&self) -> Vec<Metric> {
         KafkaSink::metrics(self)
