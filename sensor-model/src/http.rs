@@ -124,13 +124,19 @@ j4ZtDx8R7Rf+sRgKAiEA7Zbrg3JKedR4QfehwTKhpn9hTbzkZ01aRXa+I5MsJgM=\n\
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let err = client(&settings(Some(&missing))).unwrap_err().to_string();
-        assert!(err.contains("`x.ca_file`") && err.contains("cannot read"), "{err}");
+        assert!(
+            err.contains("`x.ca_file`") && err.contains("cannot read"),
+            "{err}"
+        );
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "no certificate here\n").unwrap();
         let err = client(&settings(Some(&empty))).unwrap_err().to_string();
         assert!(err.contains("`x.ca_file`"), "{err}");
-        assert!(err.contains("no certificate") || err.contains("not a PEM"), "{err}");
+        assert!(
+            err.contains("no certificate") || err.contains("not a PEM"),
+            "{err}"
+        );
 
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(

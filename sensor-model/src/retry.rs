@@ -28,9 +28,7 @@ impl Backoff {
     /// jitter: `initial · 2^(attempt-1)`, at most `max`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(1).min(MAX_DOUBLINGS);
-        self.initial
-            .saturating_mul(1u32 << doublings)
-            .min(self.max)
+        self.initial.saturating_mul(1u32 << doublings).min(self.max)
     }
 
     /// The wait before retry number `attempt`: [`Self::ceiling`] scaled by [`jitter`], so in
