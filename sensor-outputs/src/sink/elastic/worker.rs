@@ -11,7 +11,6 @@
 
 use std::{
     collections::HashSet,
-    hash::{BuildHasher as _, RandomState},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -24,7 +23,7 @@ use tokio::{
 };
 
 use super::{ElasticCounters, ElasticSection, document::Builder, template};
-use sensor_model::{enriched::Enriched, error::ConfigError, secret::Secret};
+use sensor_model::{enriched::Enriched, error::ConfigError, retry::Backoff, secret::Secret};
 
 enum Auth {
     None,
@@ -225,12 +224,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// `d` scaled by a factor in [0.5, 1.0), so sensors that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    let r = RandomState::new().hash_one(std::time::Instant::now());
-    d.mul_f64(0.5 + (r % 1000) as f64 / 2000.0)
-}
-
 pub(super) struct Worker {
     client: Client,
     builder: Builder,
@@ -240,8 +233,7 @@ pub(super) struct Worker {
     max_bytes: usize,
     flush: Duration,
     max_retries: u32,
-    retry_initial: Duration,
-    retry_max: Duration,
+    backoff: Backoff,
     template: Option<(String, Vec<u8>)>,
     /// Drop reasons already logged (each is logged once at WARN, then only counted).
     logged: HashSet<String>,
@@ -274,8 +266,10 @@ impl Worker {
             max_bytes: cfg.bulk_max_bytes,
             flush: Duration::from_millis(cfg.flush_interval_ms),
             max_retries: cfg.max_retries,
-            retry_initial: Duration::from_millis(cfg.retry_initial_ms),
-            retry_max: Duration::from_millis(cfg.retry_max_ms),
+            backoff: Backoff {
+                initial: Duration::from_millis(cfg.retry_initial_ms),
+                max: Duration::from_millis(cfg.retry_max_ms),
+            },
             template: cfg.install_template.then(|| {
                 (
                     cfg.template_name.clone(),
@@ -284,13 +278,6 @@ impl Worker {
             }),
             logged: HashSet::new(),
         }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let d = self
-            .retry_initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        jitter(d.min(self.retry_max))
     }
 
     /// A final outcome other than success for `n` items.
@@ -434,7 +421,7 @@ impl Worker {
                 tracing::debug!(error = %problem, attempt, "elasticsearch: template retry failed");
             }
             attempt = attempt.saturating_add(1);
-            let wait = self.backoff(attempt);
+            let wait = self.backoff.delay(attempt);
             tokio::select! {
                 biased;
                 _ = stopped(stop) => return Flow::Stopped,
@@ -517,7 +504,7 @@ impl Worker {
                     .item_retries
                     .fetch_add(again.len() as u64, Ordering::Relaxed);
             }
-            let wait = self.backoff(attempt);
+            let wait = self.backoff.delay(attempt);
             tokio::select! {
                 biased;
                 _ = stopped(stop) => {
