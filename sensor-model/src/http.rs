@@ -8,8 +8,9 @@ use crate::error::{ConfigError, error_chain};
 /// The user agent of every request the sensor makes.
 pub const USER_AGENT: &str = concat!("dns-sensor/", env!("CARGO_PKG_VERSION"));
 
-/// How one client is built.
-#[derive(Debug, Clone, Copy, Default)]
+/// How one client is built. No `Default`: each caller states every setting (a defaulted
+/// `redirects: false` would silently change a client).
+#[derive(Debug, Clone, Copy)]
 pub struct HttpSettings<'a> {
     /// The config key errors name (e.g. `intel.threatbook`, or `elasticsearch.ca_file` for a
     /// client whose only setting that can fail is its CA file).
@@ -116,7 +117,14 @@ j4ZtDx8R7Rf+sRgKAiEA7Zbrg3JKedR4QfehwTKhpn9hTbzkZ01aRXa+I5MsJgM=\n\
     #[test]
     fn builds_without_a_ca_file() {
         client(&settings(None)).unwrap();
-        client(&HttpSettings::default()).unwrap();
+        client(&HttpSettings {
+            key: "x",
+            timeout: None,
+            connect_timeout: None,
+            ca_file: None,
+            redirects: true,
+        })
+        .unwrap();
     }
 
     #[test]

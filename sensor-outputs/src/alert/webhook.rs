@@ -48,7 +48,9 @@ impl WebhookClient {
         let http = http::client(&HttpSettings {
             key: "alerts.webhook",
             timeout: Some(timeout),
-            ..HttpSettings::default()
+            connect_timeout: None,
+            ca_file: None,
+            redirects: true,
         })
         .map_err(|e| e.to_string())?;
         Ok(Self {

@@ -91,7 +91,9 @@ impl WeComClient {
         let http = http::client(&HttpSettings {
             key: "alerts.wecom",
             timeout: Some(timeout),
-            ..HttpSettings::default()
+            connect_timeout: None,
+            ca_file: None,
+            redirects: true,
         })
         .map_err(|e| e.to_string())?;
         Ok(Self {
