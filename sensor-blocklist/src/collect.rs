@@ -4,7 +4,8 @@
 //! groups the documents by IP and returns 1,000 buckets a page, so a day of tens of millions of
 //! alerts is read without loading a single document. Only APIs that Elasticsearch 7, 8, 9 and
 //! OpenSearch share are used (`_search` with `composite`, `_mapping/field`), with plain
-//! `application/json`.
+//! `application/json`, through the one Elasticsearch client the sink uses too
+//! (`sensor_outputs::sink::elastic::client`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use sensor_model::secret::{Secret, SecretSource};
+use sensor_model::{error::ConfigError, secret::SecretSource};
+use sensor_outputs::sink::elastic::client::{EsClient, EsConnection, EsKeys};
 
 /// `[[blocklist.sources]]`: where one kind of device writes its alerts.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -49,7 +51,8 @@ pub struct ReadSection {
     pub password: Option<SecretSource>,
     /// API key (the base64 `id:key` form): `{ env = "VAR" }` or `{ file = "/path" }`.
     pub api_key: Option<SecretSource>,
-    /// PEM file of the CA that signed the server's certificate (besides the system roots).
+    /// A PEM bundle of the CA certificates that signed the server's certificate; when set, the
+    /// client trusts only these CAs (not the system's roots). Default: the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
     /// Buckets per composite-aggregation page: each page is one search over the day's alerts,
     /// so fewer, larger pages read less. The server's `search.max_buckets` (65,535 by default
@@ -102,71 +105,49 @@ pub struct Collected {
     pub pages: u64,
 }
 
-/// A client for the read side: URL, credentials, TLS.
-pub struct Reader {
-    client: reqwest::Client,
-    base: reqwest::Url,
-    auth: Auth,
-    page_size: usize,
+/// The keys `[blocklist.elasticsearch]` errors name.
+const KEYS: EsKeys = EsKeys {
+    urls: "blocklist.elasticsearch.url",
+    username: "blocklist.elasticsearch.username",
+    password: "blocklist.elasticsearch.password",
+    api_key: "blocklist.elasticsearch.api_key",
+    ca_file: "blocklist.elasticsearch.ca_file",
+};
+
+impl ReadSection {
+    /// The connection settings of the shared Elasticsearch client: one node, `timeout_secs`
+    /// (at least 1) for each request.
+    pub fn connection(&self) -> EsConnection<'_> {
+        EsConnection {
+            urls: std::slice::from_ref(&self.url),
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            api_key: self.api_key.as_ref(),
+            ca_file: self.ca_file.as_deref(),
+            timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            connect_timeout: None,
+            keys: &KEYS,
+        }
+    }
 }
 
-enum Auth {
-    None,
-    Basic(String, Secret),
-    ApiKey(Secret),
+/// The read side: the shared Elasticsearch client and the page size.
+pub struct Reader {
+    client: EsClient,
+    page_size: usize,
 }
 
 impl Reader {
     pub fn new(cfg: &ReadSection) -> Result<Self, CollectError> {
-        let base = reqwest::Url::parse(&cfg.url).map_err(|e| CollectError::Config {
-            key: "blocklist.elasticsearch.url",
-            message: format!("not a URL: {e}"),
-        })?;
-        if !base.username().is_empty() || base.password().is_some() {
-            return Err(CollectError::Config {
-                key: "blocklist.elasticsearch.url",
-                message: "put credentials in `username`/`password`, not in the URL".into(),
-            });
-        }
-        let auth = match (&cfg.username, &cfg.password, &cfg.api_key) {
-            (_, _, Some(k)) => Auth::ApiKey(
-                k.resolve("blocklist.elasticsearch.api_key")
-                    .map_err(config_err("blocklist.elasticsearch.api_key"))?,
-            ),
-            (Some(u), Some(p), None) => Auth::Basic(
-                u.clone(),
-                p.resolve("blocklist.elasticsearch.password")
-                    .map_err(config_err("blocklist.elasticsearch.password"))?,
-            ),
-            (None, None, None) => Auth::None,
-            _ => {
-                return Err(CollectError::Config {
-                    key: "blocklist.elasticsearch.username",
-                    message: "set both `username` and `password`, or `api_key`".into(),
-                });
-            }
-        };
-        let mut builder =
-            reqwest::Client::builder().timeout(Duration::from_secs(cfg.timeout_secs.max(1)));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| CollectError::Config {
-                key: "blocklist.elasticsearch.ca_file",
-                message: format!("cannot read {}: {e}", ca.display()),
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| CollectError::Config {
-                key: "blocklist.elasticsearch.ca_file",
-                message: format!("not a PEM certificate: {e}"),
-            })?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let client = builder.build().map_err(|e| CollectError::Config {
-            key: "blocklist.elasticsearch",
-            message: e.without_url().to_string(),
+        let client = EsClient::new(&cfg.connection()).map_err(|e| match e {
+            ConfigError::Invalid { key, message } => CollectError::Config { key, message },
+            other => CollectError::Config {
+                key: "blocklist.elasticsearch",
+                message: other.to_string(),
+            },
         })?;
         Ok(Self {
             client,
-            base,
-            auth,
             page_size: cfg.page_size.clamp(1, 65_535),
         })
     }
@@ -182,27 +163,14 @@ impl Reader {
             what: what.to_owned(),
             message,
         };
-        let url = self.base.join(path).map_err(|e| err(e.to_string()))?;
-        let mut req = self.client.request(method, url);
-        req = match &self.auth {
-            Auth::None => req,
-            Auth::Basic(u, p) => req.basic_auth(u, Some(p.expose())),
-            Auth::ApiKey(k) => req.header("Authorization", format!("ApiKey {}", k.expose())),
-        };
-        if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req
-            .send()
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+        let (status, answer) = self
+            .client
+            .send(method, path, body)
             .await
-            .map_err(|e| err(e.without_url().to_string()))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|e| err(e.without_url().to_string()))?;
+            .map_err(|t| err(t.message))?;
+        let body: Value = serde_json::from_slice(&answer)
+            .map_err(|e| err(format!("error decoding response body: {e}")))?;
         if !status.is_success() {
             let reason = body["error"]["root_cause"][0]["reason"]
                 .as_str()
@@ -355,13 +323,6 @@ pub fn read_page(
     }
 }
 
-fn config_err(key: &'static str) -> impl Fn(sensor_model::error::ConfigError) -> CollectError {
-    move |e| CollectError::Config {
-        key,
-        message: e.to_string(),
-    }
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -370,4 +331,46 @@ fn rfc3339(t: OffsetDateTime) -> String {
 fn millis(v: &Value) -> Option<OffsetDateTime> {
     let ms = v.as_f64()?;
     OffsetDateTime::from_unix_timestamp_nanos((ms * 1e6) as i128).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(cfg: &ReadSection) -> &'static str {
+        match Reader::new(cfg) {
+            Err(CollectError::Config { key, .. }) => key,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_blocklist_keys() {
+        let url = |url: &str| ReadSection {
+            url: url.into(),
+            ..ReadSection::default()
+        };
+        assert_eq!(key_of(&url("no url")), "blocklist.elasticsearch.url");
+        assert_eq!(
+            key_of(&url("http://u:p@127.0.0.1:9200")),
+            "blocklist.elasticsearch.url"
+        );
+        let alone = ReadSection {
+            username: Some("elastic".into()),
+            ..ReadSection::default()
+        };
+        assert_eq!(key_of(&alone), "blocklist.elasticsearch.username");
+        let unset = ReadSection {
+            api_key: Some(SecretSource::default()),
+            ..ReadSection::default()
+        };
+        assert_eq!(key_of(&unset), "blocklist.elasticsearch.api_key");
+        let ca = ReadSection {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..ReadSection::default()
+        };
+        assert_eq!(key_of(&ca), "blocklist.elasticsearch.ca_file");
+        Reader::new(&ReadSection::default()).unwrap();
+    }
 }

@@ -49,6 +49,7 @@ use crate::{Answers, LookupError, Provider, batch::Limits};
 use sensor_model::verdict::{Confidence, Finding, IpContext, Severity};
 use sensor_model::{
     error::ConfigError,
+    http::{self, HttpSettings},
     secret::{Secret, SecretSource},
 };
 
@@ -242,16 +243,14 @@ impl ThreatBook {
             })
         };
         let timeout = Duration::from_millis(section.limits.timeout_ms);
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
+        let client = http::client(&HttpSettings {
+            key: "intel.threatbook",
+            timeout: None,
+            connect_timeout: Some(timeout),
+            ca_file: None,
             // A redirect would be a misconfiguration; following it could carry the key elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("dns-sensor/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ConfigError::Invalid {
-                key: "intel.threatbook",
-                message: format!("cannot build the HTTP client: {}", e.without_url()),
-            })?;
+            redirects: false,
+        })?;
         Ok(Self {
             client,
             api_key,

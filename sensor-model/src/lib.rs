@@ -2,7 +2,8 @@
 //! [`verdict`] intel gives it, the [`enriched`] event that flows to the outputs, its ECS
 //! [`document`] and the fast [`encode`]r, and the small things every layer needs: config
 //! [`error`]s that name their key, [`secret`]s that never print, atomic [`files`], the wall
-//! [`clock`], [`reload`]ing lists, and the default [`paths`].
+//! [`clock`], [`reload`]ing lists, the default [`paths`], the one [`http`] client builder and
+//! the one [`retry`] back-off.
 //!
 //! Depends on `sensor-common` only among the workspace's crates; every other layer depends on it.
 
@@ -13,8 +14,10 @@ pub mod encode;
 pub mod enriched;
 pub mod error;
 pub mod files;
+pub mod http;
 pub mod paths;
 pub mod query;
 pub mod reload;
+pub mod retry;
 pub mod secret;
 pub mod verdict;

@@ -7,7 +7,6 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -17,6 +16,8 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 use tracing::{debug, warn};
+
+use sensor_model::retry::Backoff;
 
 use super::{
     Alert, Counters,
@@ -29,12 +30,18 @@ use super::{
 /// Attempts for one message on transport errors, 5xx and WeCom "system busy" (WeCom's error
 /// code page advises at most 3 retries).
 const MAX_ATTEMPTS: u32 = 4;
-/// First back-off after a transport error; doubles per attempt, with jitter.
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// First wait after a throttling answer; doubles up to [`THROTTLE_MAX`]. WeCom gives no
-/// Retry-After; its window is a minute, so a minute always clears it.
-const THROTTLE_BASE: Duration = Duration::from_secs(5);
-const THROTTLE_MAX: Duration = Duration::from_secs(60);
+/// Back-off after a transport error: 1 s, doubling per attempt, with jitter. The cap is the
+/// wait before the last of [`MAX_ATTEMPTS`], so it never shortens a wait.
+const BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(1 << (MAX_ATTEMPTS - 2)),
+};
+/// Wait after a throttling answer: 5 s, doubling up to a minute, without jitter. WeCom gives
+/// no Retry-After; its window is a minute, so a minute always clears it.
+const THROTTLE: Backoff = Backoff {
+    initial: Duration::from_secs(5),
+    max: Duration::from_secs(60),
+};
 
 /// Why a request failed, classified for the retry policy.
 #[derive(Debug)]
@@ -318,16 +325,14 @@ impl Sink {
                 Err(SendError::Throttled { reason }) => {
                     throttles += 1;
                     Counters::inc(&self.counters.throttled);
-                    let wait = THROTTLE_BASE
-                        .saturating_mul(1 << (throttles - 1).min(8))
-                        .min(THROTTLE_MAX);
+                    let wait = THROTTLE.ceiling(throttles);
                     debug!(sink = %self.name, %reason, wait_s = wait.as_secs(), "throttled; waiting to retry");
                     not_before = Instant::now() + wait;
                 }
                 Err(SendError::Retriable { reason, detail }) if failures + 1 < MAX_ATTEMPTS => {
                     failures += 1;
                     Counters::inc(&self.counters.retries);
-                    let wait = jitter(BACKOFF_BASE.saturating_mul(1 << (failures - 1)));
+                    let wait = BACKOFF.delay(failures);
                     debug!(sink = %self.name, %reason, %detail, attempt = failures, "send failed; retrying");
                     not_before = Instant::now() + wait;
                 }
@@ -356,13 +361,6 @@ struct ComposedOut {
     messages: Vec<Outgoing>,
     alerts: usize,
     digest: bool,
-}
-
-/// `d` scaled by a factor in [0.5, 1.0), so sensors that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    let r = RandomState::new().hash_one(Instant::now());
-    let frac = 0.5 + (r % 1000) as f64 / 2000.0;
-    d.mul_f64(frac)
 }
 
 /// Failure counts by reason, for [`Counters`].

@@ -10,6 +10,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::sink::SendError;
+use sensor_model::http::{self, HttpSettings};
 
 pub(crate) struct WebhookClient {
     http: reqwest::Client,
@@ -44,10 +45,14 @@ impl WebhookClient {
             value.set_sensitive(true);
             map.insert(name, value);
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| e.without_url().to_string())?;
+        let http = http::client(&HttpSettings {
+            key: "alerts.webhook",
+            timeout: Some(timeout),
+            connect_timeout: None,
+            ca_file: None,
+            redirects: true,
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Self {
             http,
             url,

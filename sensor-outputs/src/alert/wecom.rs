@@ -23,7 +23,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::sink::SendError;
-use sensor_model::secret::Secret;
+use sensor_model::{
+    http::{self, HttpSettings},
+    secret::Secret,
+};
 
 /// The documented path under the API base URL.
 pub const SEND_PATH: &str = "/cgi-bin/webhook/send";
@@ -85,10 +88,14 @@ impl WeComClient {
         let endpoint =
             reqwest::Url::parse(&format!("{}{SEND_PATH}", base_url.trim_end_matches('/')))
                 .map_err(|e| format!("base_url: {e}"))?;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| e.without_url().to_string())?;
+        let http = http::client(&HttpSettings {
+            key: "alerts.wecom",
+            timeout: Some(timeout),
+            connect_timeout: None,
+            ca_file: None,
+            redirects: true,
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Self {
             http,
             endpoint,

@@ -1,9 +1,10 @@
 //! Elasticsearch sink: malicious hits (or every event) as ECS documents in a daily index, through
 //! the `_bulk` API.
 //!
-//! Parts: [`ElasticSection`] (the `[elasticsearch]` config), [`document`] (the document, its
-//! `_id` and its index name), [`template`] (the index template installed at start), [`worker`]
-//! (batching, bulk requests, retries).
+//! Parts: [`ElasticSection`] (the `[elasticsearch]` config), [`client`] (nodes, authentication,
+//! TLS: the one Elasticsearch client, which the nightly job's alert reader uses too),
+//! [`document`] (the document, its `_id` and its index name), [`template`] (the index template
+//! installed at start), [`worker`] (batching, bulk requests, retries).
 //!
 //! Delivery: `offer` never waits. It counts the event, filters it, and puts it on a bounded queue
 //! (full → counted drop `queue/queue_full`). One worker task installs the template (retrying in
@@ -41,6 +42,7 @@ use sensor_model::{
     enriched::Enriched, error::ConfigError, secret::SecretSource, verdict::Verdict,
 };
 
+pub mod client;
 pub mod document;
 pub mod template;
 mod worker;
@@ -104,8 +106,8 @@ pub struct ElasticSection {
     /// base64 `id:api_key` ("encoded") form that Elasticsearch returns and Kibana shows:
     /// `{ env = "VAR" }` or `{ file = "/path" }`.
     pub api_key: Option<SecretSource>,
-    /// PEM file of the CA(s) that signed the nodes' certificates; when set, only these roots
-    /// are trusted for `https` URLs. Default: the system's roots.
+    /// A PEM bundle of the CA certificates that signed the nodes' certificates; when set, the
+    /// client trusts only these CAs (not the system's roots). Default: the system's roots.
     pub ca_file: Option<PathBuf>,
     /// Name of the composable index template. Default `dns-sensor-hits`.
     pub template_name: String,
@@ -138,7 +140,32 @@ impl Default for ElasticSection {
     }
 }
 
+/// The keys `[elasticsearch]` errors name.
+const KEYS: client::EsKeys = client::EsKeys {
+    urls: "elasticsearch.urls",
+    username: "elasticsearch.username",
+    password: "elasticsearch.password",
+    api_key: "elasticsearch.api_key",
+    ca_file: "elasticsearch.ca_file",
+};
+
 impl ElasticSection {
+    /// The connection settings of [`client::EsClient`]: a connect timeout of at most 10 s
+    /// within `request_timeout_ms`.
+    pub fn connection(&self) -> client::EsConnection<'_> {
+        let timeout = Duration::from_millis(self.request_timeout_ms);
+        client::EsConnection {
+            urls: &self.urls,
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            api_key: self.api_key.as_ref(),
+            ca_file: self.ca_file.as_deref(),
+            timeout,
+            connect_timeout: Some(timeout.min(Duration::from_secs(10))),
+            keys: &KEYS,
+        }
+    }
+
     /// Checks what serde cannot: URLs, the index pattern, limits, credentials. Errors name the
     /// key as `elasticsearch.<key>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -323,7 +350,7 @@ impl ElasticSink {
             },
         };
         cfg.validate().map_err(config_err)?;
-        let client = worker::Client::new(cfg).map_err(config_err)?;
+        let client = client::EsClient::new(&cfg.connection()).map_err(config_err)?;
         let counters = Arc::new(ElasticCounters::default());
         let (tx, rx) = mpsc::channel(cfg.queue_size);
         let (stop, stop_rx) = watch::channel(false);

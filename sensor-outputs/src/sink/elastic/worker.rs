@@ -11,144 +11,18 @@
 
 use std::{
     collections::HashSet,
-    hash::{BuildHasher as _, RandomState},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use reqwest::{StatusCode, header::HeaderValue};
 use serde::Deserialize;
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
 
-use super::{ElasticCounters, ElasticSection, document::Builder, template};
-use sensor_model::{error::ConfigError, secret::Secret};
-
-enum Auth {
-    None,
-    Basic { user: String, password: Secret },
-    ApiKey(HeaderValue),
-}
-
-/// The HTTP side: nodes used round-robin, authentication, TLS roots.
-pub(super) struct Client {
-    http: reqwest::Client,
-    /// Base URLs without a trailing slash; no credentials (checked by `validate`).
-    nodes: Vec<String>,
-    next: usize,
-    auth: Auth,
-}
-
-/// Why a request got no HTTP answer. Holds no URL (reqwest's errors are stripped of it).
-struct Transport {
-    node: String,
-    message: String,
-}
-
-impl Client {
-    pub(super) fn new(cfg: &ElasticSection) -> Result<Self, ConfigError> {
-        let auth =
-            match (&cfg.username, &cfg.password, &cfg.api_key) {
-                (Some(user), Some(pw), _) => Auth::Basic {
-                    user: user.clone(),
-                    password: pw.resolve("elasticsearch.password")?,
-                },
-                (_, _, Some(key)) => {
-                    let key = key.resolve("elasticsearch.api_key")?;
-                    let mut v = HeaderValue::from_str(&format!("ApiKey {}", key.expose()))
-                        .map_err(|_| ConfigError::Invalid {
-                            key: "elasticsearch.api_key",
-                            message: "the key holds characters a header cannot carry".into(),
-                        })?;
-                    v.set_sensitive(true);
-                    Auth::ApiKey(v)
-                }
-                _ => Auth::None,
-            };
-        let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("dns-sensor/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|e| ConfigError::Invalid {
-                key: "elasticsearch.ca_file",
-                message: format!("cannot read {}: {e}", path.display()),
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ConfigError::Invalid {
-                    key: "elasticsearch.ca_file",
-                    message: format!("{} is not a PEM bundle: {e}", path.display()),
-                })?;
-            if certs.is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: "elasticsearch.ca_file",
-                    message: format!("{} holds no certificate", path.display()),
-                });
-            }
-            builder = builder.tls_certs_only(certs);
-        }
-        let http = builder.build().map_err(|e| ConfigError::Invalid {
-            key: "elasticsearch.ca_file",
-            message: format!("cannot build the HTTP client: {}", e.without_url()),
-        })?;
-        Ok(Self {
-            http,
-            nodes: cfg
-                .urls
-                .iter()
-                .map(|u| u.trim_end_matches('/').to_owned())
-                .collect(),
-            next: 0,
-            auth,
-        })
-    }
-
-    /// One request to the next node; the answer's status and body.
-    async fn send(
-        &mut self,
-        method: reqwest::Method,
-        path: &str,
-        content_type: &'static str,
-        body: Vec<u8>,
-    ) -> Result<(StatusCode, Vec<u8>), Transport> {
-        let node = &self.nodes[self.next % self.nodes.len()];
-        self.next = self.next.wrapping_add(1);
-        let mut req = self
-            .http
-            .request(method, format!("{node}/{path}"))
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(body);
-        req = match &self.auth {
-            Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose())),
-            Auth::ApiKey(v) => req.header(reqwest::header::AUTHORIZATION, v.clone()),
-        };
-        let fail = |e: reqwest::Error| Transport {
-            node: node.clone(),
-            message: error_chain(&e.without_url()),
-        };
-        let resp = req.send().await.map_err(fail)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(fail)?;
-        Ok((status, bytes.to_vec()))
-    }
-}
-
-/// The error and its causes on one line ("error sending request: connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
-}
+use super::{ElasticCounters, ElasticSection, client::EsClient, document::Builder, template};
+use sensor_model::retry::Backoff;
 
 /// One bulk item: its action and document lines.
 struct Item(Vec<u8>);
@@ -225,14 +99,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// `d` scaled by a factor in [0.5, 1.0), so sensors that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    let r = RandomState::new().hash_one(std::time::Instant::now());
-    d.mul_f64(0.5 + (r % 1000) as f64 / 2000.0)
-}
-
 pub(super) struct Worker {
-    client: Client,
+    client: EsClient,
     builder: Builder,
     counters: Arc<ElasticCounters>,
     stop: watch::Receiver<bool>,
@@ -240,8 +108,7 @@ pub(super) struct Worker {
     max_bytes: usize,
     flush: Duration,
     max_retries: u32,
-    retry_initial: Duration,
-    retry_max: Duration,
+    backoff: Backoff,
     template: Option<(String, Vec<u8>)>,
     /// Drop reasons already logged (each is logged once at WARN, then only counted).
     logged: HashSet<String>,
@@ -257,7 +124,7 @@ enum Flow {
 impl Worker {
     pub(super) fn new(
         cfg: &ElasticSection,
-        client: Client,
+        client: EsClient,
         builder: Builder,
         counters: Arc<ElasticCounters>,
         stop: watch::Receiver<bool>,
@@ -274,8 +141,10 @@ impl Worker {
             max_bytes: cfg.bulk_max_bytes,
             flush: Duration::from_millis(cfg.flush_interval_ms),
             max_retries: cfg.max_retries,
-            retry_initial: Duration::from_millis(cfg.retry_initial_ms),
-            retry_max: Duration::from_millis(cfg.retry_max_ms),
+            backoff: Backoff {
+                initial: Duration::from_millis(cfg.retry_initial_ms),
+                max: Duration::from_millis(cfg.retry_max_ms),
+            },
             template: cfg.install_template.then(|| {
                 (
                     cfg.template_name.clone(),
@@ -284,13 +153,6 @@ impl Worker {
             }),
             logged: HashSet::new(),
         }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let d = self
-            .retry_initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        jitter(d.min(self.retry_max))
     }
 
     /// A final outcome other than success for `n` items.
@@ -396,7 +258,7 @@ impl Worker {
             let sent = tokio::select! {
                 biased;
                 _ = stopped(stop) => return Flow::Stopped,
-                r = self.client.send(reqwest::Method::PUT, &path, "application/json", body.clone()) => r,
+                r = self.client.send(reqwest::Method::PUT, &path, Some(("application/json", body.clone()))) => r,
             };
             let c = &self.counters;
             let problem = match sent {
@@ -424,7 +286,7 @@ impl Worker {
                 }
                 Err(t) => {
                     c.server_up.store(false, Ordering::Relaxed);
-                    format!("{}: {}", t.node, t.message)
+                    t.to_string()
                 }
             };
             c.template_errors.fetch_add(1, Ordering::Relaxed);
@@ -438,7 +300,7 @@ impl Worker {
                 tracing::debug!(error = %problem, attempt, "elasticsearch: template retry failed");
             }
             attempt = attempt.saturating_add(1);
-            let wait = self.backoff(attempt);
+            let wait = self.backoff.delay(attempt);
             tokio::select! {
                 biased;
                 _ = stopped(stop) => return Flow::Stopped,
@@ -461,7 +323,7 @@ impl Worker {
                     self.drop_items("bulk", "shutdown", pending.len());
                     return Flow::Stopped;
                 }
-                r = self.client.send(reqwest::Method::POST, "_bulk", "application/x-ndjson", body) => r,
+                r = self.client.send(reqwest::Method::POST, "_bulk", Some(("application/x-ndjson", body))) => r,
             };
             // Items to send again, and whether that is a whole-request retry.
             let (again, whole): (Vec<Item>, bool) = match sent {
@@ -521,7 +383,7 @@ impl Worker {
                     .item_retries
                     .fetch_add(again.len() as u64, Ordering::Relaxed);
             }
-            let wait = self.backoff(attempt);
+            let wait = self.backoff.delay(attempt);
             tokio::select! {
                 biased;
                 _ = stopped(stop) => {
