@@ -21,6 +21,8 @@ pub mod osmem;
 pub mod packet;
 pub mod pcap;
 pub mod responder;
+#[cfg(feature = "kafka")]
 pub mod soak;
+#[cfg(feature = "kafka")]
 pub mod tansu;
 pub mod traffic;
