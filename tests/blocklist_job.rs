@@ -1,7 +1,8 @@
 //! The nightly job end to end against real servers: the test Elasticsearch server seeded with a
 //! day of alerts from three devices (different field names) plus the days around it, and the
 //! fake ThreatBook answering IP reputation. Checks the results files, the EDL file, what was
-//! asked, and that a failing provider leaves the list byte for byte as it was.
+//! asked, and that a failing provider degrades a night (the failed address is retried the next
+//! night) instead of freezing the list.
 
 #![allow(
     clippy::unwrap_used,
@@ -154,9 +155,20 @@ timestamp_field = "ts"
 [blocklist.policy]
 state_dir = "{dir}/state"
 allow = ["91.240.118.0/24"]
+# Seed 003's rule, chosen explicitly: any source the intel calls malicious, one alert is enough.
+min_alerts = 1
 
 [blocklist.edl]
 path = "{dir}/edl.txt"
+
+[blocklist.export.fortigate]
+path = "{dir}/export/fortigate.txt"
+
+[blocklist.export.checkpoint]
+path = "{dir}/export/checkpoint.csv"
+
+[blocklist.export.mikrotik]
+path = "{dir}/export/mikrotik.rsc"
 
 [[alerts.webhook]]
 url = "{hook}"
@@ -168,7 +180,7 @@ url = "{hook}"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_changes_nothing() {
+async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_degrades_the_night() {
     let server = Osmem::start();
     let es = Client::new(&server.url());
     seed(&es).await;
@@ -257,6 +269,30 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     assert_eq!(report.summary.added, 2);
     assert_eq!(report.summary.below_threshold, 1);
 
+    // The same list went to every configured export, each with its reason where it fits.
+    assert_eq!(report.exports.failed(), 0, "{:?}", report.exports);
+    assert_eq!(report.exports.outcomes.len(), 3);
+    let export =
+        |name: &str| std::fs::read_to_string(dir.path().join("export").join(name)).unwrap();
+    assert_eq!(export("fortigate.txt"), "45.33.32.156\n80.82.77.139\n");
+    let cp = export("checkpoint.csv");
+    assert!(
+        cp.starts_with("# UNIQ-NAME,VALUE,TYPE,CONFIDENCE,SEVERITY,PRODUCT,COMMENT\n"),
+        "{cp}"
+    );
+    assert!(
+        cp.contains("dns-sensor_45.33.32.156,45.33.32.156,IP,"),
+        "{cp}"
+    );
+    assert_eq!(cp.lines().count(), 3, "{cp}");
+    let rsc = export("mikrotik.rsc");
+    assert!(rsc.contains("address=80.82.77.139 timeout="), "{rsc}");
+    assert!(rsc.contains("nightly intel severity "), "{rsc}");
+    let exports_before: Vec<String> = ["fortigate.txt", "checkpoint.csv", "mikrotik.rsc"]
+        .iter()
+        .map(|n| export(n))
+        .collect();
+
     // The night's summary went to the alert channel.
     hook.wait_for(std::time::Duration::from_secs(10), |r| !r.is_empty())
         .await;
@@ -288,39 +324,7 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     assert_eq!(csv.lines().count(), 8, "{csv}");
     assert!(csv.starts_with("ip,outcome,is_malicious,confidence_level,severity"));
 
-    // The next night the provider fails: the job fails, and the list is byte for byte the same.
-    let state_before = std::fs::read(dir.path().join("state/state.json")).unwrap();
-    tb.set_ip(
-        "185.220.101.4".parse().unwrap(),
-        FakeVerdict::malicious("C2"),
-        FakeIpInfo::default(),
-    );
-    tb.set_mode(FakeMode::ResponseCode(-5));
-    let later = now + time::Duration::days(4); // the cached verdicts for the clean IP expired
-    let err = job::run_once(
-        &cfg.job_context(),
-        Some(date!(2026 - 11 - 23)),
-        false,
-        later,
-        None,
-    )
-    .await
-    .expect_err("the provider is down");
-    assert!(
-        err.to_string().contains("last list stays in force"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("edl.txt")).unwrap(),
-        edl
-    );
-    assert_eq!(
-        std::fs::read(dir.path().join("state/state.json")).unwrap(),
-        state_before
-    );
-
     // Verdicts are reused across nights: a re-run within their lifetime asks nothing.
-    tb.set_mode(FakeMode::Normal);
     tb.clear_requests();
     let again = job::run_once(
         &cfg.job_context(),
@@ -334,4 +338,66 @@ async fn a_day_of_alerts_becomes_results_and_an_edl_and_a_failing_provider_chang
     assert_eq!(again.lookups.asked, 0, "{again:?}");
     assert_eq!(tb.request_count(), 0);
     assert!(!again.edl_changed);
+
+    // Four days later the clean address's cached verdict has expired and the provider fails
+    // for it: the night degrades, it does not freeze. The cached malicious verdicts still
+    // renew their entries, the failed address is reported and kept pending, nothing listed is
+    // lost.
+    let _ = exports_before;
+    let fortigate_before = export("fortigate.txt");
+    tb.set_ip(
+        "185.220.101.4".parse().unwrap(),
+        FakeVerdict::malicious("C2"),
+        FakeIpInfo::default(),
+    );
+    tb.set_mode(FakeMode::ResponseCode(-5));
+    let later = now + time::Duration::days(4);
+    let degraded = job::run_once(
+        &cfg.job_context(),
+        Some(date!(2026 - 11 - 23)),
+        false,
+        later,
+        None,
+    )
+    .await
+    .expect("a failed lookup degrades the night instead of failing it");
+    assert_eq!(degraded.lookups.asked, 1, "{degraded:?}");
+    assert_eq!(degraded.lookups.failed, 1, "{degraded:?}");
+    assert!(degraded.lookups.first_error.is_some());
+    assert_eq!(degraded.summary.renewed, 2, "{degraded:?}");
+    assert_eq!(degraded.summary.total, 2);
+    assert_eq!(
+        export("fortigate.txt"),
+        fortigate_before,
+        "the same addresses"
+    );
+    let rows: Vec<Value> = std::fs::read_to_string(&degraded.results.1)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let failed_row = rows.iter().find(|r| r["ip"] == "185.220.101.4").unwrap();
+    assert_eq!(failed_row["outcome"], "lookup_failed_retry_next_night");
+
+    // The next night the provider is back: the pending address is asked again although it did
+    // not alert that day, and listed.
+    tb.set_mode(FakeMode::Normal);
+    tb.clear_requests();
+    let next = job::run_once(
+        &cfg.job_context(),
+        Some(date!(2026 - 11 - 24)),
+        false,
+        later + time::Duration::days(1),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(next.retried, 1, "{next:?}");
+    assert_eq!(next.lookups.failed, 0);
+    assert!(
+        std::fs::read_to_string(dir.path().join("edl.txt"))
+            .unwrap()
+            .contains("185.220.101.4"),
+        "listed once its verdict came"
+    );
 }

@@ -9,7 +9,7 @@
     reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
 )]
 
-use common::sensor_bin;
+use common::{PinRoot, sensor_bin};
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -92,7 +92,8 @@ fn blocklist(config: &Path) -> Vec<(String, u64)> {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    v.as_array()
+    v["kernel"]
+        .as_array()
         .expect("array")
         .iter()
         .map(|e| {
@@ -120,15 +121,6 @@ fn events_from(lines: &[String], ip: IpAddr) -> usize {
             serde_json::from_str::<Value>(l).expect("JSON line")["source"]["ip"] == ip.as_str()
         })
         .count()
-}
-
-/// Removes the test's pin root, whatever a failed assertion left there (a pinned link too).
-struct PinRoot(PathBuf);
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 struct Setup {
@@ -314,6 +306,40 @@ fn kill9_in_keep_blocking_mode_keeps_dropping_and_a_restart_takes_the_attachment
     );
     assert!(!s.dig(s.attacker), "still blocked while the sensor is down");
     assert!(s.dig(s.client), "inline mode: other queries still pass");
+
+    // An entry with a 2-second lifetime, written while the daemon is dead: dropped at once, and
+    // the kernel itself stops enforcing it when its time has come, no userspace involved.
+    let short_lived = IpAddr::V4(s.topo.add_client_v4(4));
+    let pin_dir = s._pins.0.join(unique_dir_name(&s.config));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    sensor_kernel::lists::blocklist::install(
+        &pin_dir,
+        &[(ipnet::IpNet::from(short_lived), now + 2)],
+        &[ipnet::IpNet::from(s.attacker)],
+    )
+    .expect("install into the pinned map of the dead daemon");
+    assert!(!s.dig(short_lived), "dropped before its expiry");
+    wait_until(
+        "the 2-second entry to lapse in the kernel",
+        Duration::from_secs(10),
+        || s.dig(short_lived),
+    );
+    let lapsed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(lapsed_at >= now + 2, "passed before its expiry");
+    assert!(!s.dig(s.attacker), "the lasting entry still drops");
+    assert!(
+        stats_json(sensor_bin(), &s.config)["block_expired"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "passes of the lapsed entry are counted"
+    );
     wait_until(
         "the program to go on writing events",
         Duration::from_secs(10),

@@ -66,6 +66,7 @@ fn event(src: &str, name: &str, n: u64, malicious: bool) -> Enriched {
             qtype: 1,
             qclass: 1,
             name: name.into(),
+            answer: None,
         },
         intel: Some(Arc::new(if malicious {
             Assessment {

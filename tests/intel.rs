@@ -84,6 +84,7 @@ fn query(i: usize, name: &str) -> Query {
         qtype: 1,
         qclass: 1,
         name: name.into(),
+        answer: None,
     }
 }
 
@@ -149,6 +150,7 @@ async fn rig(limits: Limits, recheck_secs: u64, sink: Option<Arc<dyn HitSink>>) 
         trust: None,
         verdicts: Some(verdicts.clone()),
         ip_feeds: None,
+        egress: None,
         hits: Some(sink.unwrap_or_else(|| hits.clone())),
         counters: counters.clone(),
     };
@@ -410,4 +412,112 @@ async fn provider_down_events_flow_unknown_breaker_stops_calls_and_names_are_che
     for e in out {
         assert!(!format!("{:?}", e.intel).contains(CANARY));
     }
+}
+
+/// An answer to a malicious name is not a second alert for the name (its query alerted); an
+/// answer whose address is on an IP feed is an alert of its own (the name said nothing), and
+/// its document says `alert`.
+#[tokio::test]
+async fn an_answer_alerts_only_for_an_address_on_an_ip_feed() {
+    use sensor_intel::feeds::{FeedConfig, FeedKind, LocalFeeds};
+    use sensor_model::{
+        response::{Answer, Answered},
+        verdict::{Confidence, Severity},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("c2-ips.txt");
+    std::fs::write(&list, "192.0.2.66\n").unwrap();
+    let names = dir.path().join("c2-names.txt");
+    std::fs::write(&names, "c2.example\n").unwrap();
+    let feed = |name: &str, kind, path| FeedConfig {
+        name: name.into(),
+        kind,
+        path,
+        severity: Severity::High,
+        confidence: Confidence::High,
+        reload_interval_ms: 0,
+    };
+    let feeds = LocalFeeds::load(&[
+        feed("c2-ips", FeedKind::Ips, list),
+        feed("c2-names", FeedKind::Domains, names),
+    ])
+    .unwrap();
+    let feeds = Arc::new(feeds);
+    // As the daemon sets it up (sensor-intel setup): the feeds are the verdict cache's local
+    // sources, and the IP feeds are also checked against addresses.
+    let verdicts = Arc::new(VerdictCache::new(
+        &CacheSection::default(),
+        feeds.providers().into_iter().map(Source::Local).collect(),
+    ));
+    let hits = Arc::new(Hits::default());
+    let enricher = Enricher {
+        settings: settings(30),
+        trust: None,
+        verdicts: Some(verdicts),
+        ip_feeds: Some(feeds),
+        egress: None,
+        hits: Some(hits.clone()),
+        counters: Arc::new(EnrichCounters::default()),
+    };
+    let (tx, in_rx) = mpsc::channel(16);
+    let (out_tx, mut rx) = mpsc::channel(16);
+    tokio::spawn(enricher.run(in_rx, out_tx));
+    let answer = |i: usize, name: &str, addr: [u8; 4]| {
+        let mut q = query(i, name);
+        q.answer = Some(Box::new(Answered {
+            flags: 0x8180,
+            ancount: 1,
+            nscount: 0,
+            arcount: 0,
+            answers: vec![Answer {
+                name: name.into(),
+                rtype: 1,
+                class: 1,
+                ttl: 60,
+                data: Ipv4Addr::from(addr).to_string(),
+                ip: Some(IpAddr::from(addr)),
+            }],
+            answers_complete: true,
+            duration_ns: Some(1_000),
+            detected: false,
+        }));
+        q
+    };
+    tx.send(query(1, "fresh.example")).await.unwrap();
+    tx.send(answer(1, "fresh.example", [192, 0, 2, 1]))
+        .await
+        .unwrap();
+    tx.send(answer(2, "fresh.example", [192, 0, 2, 66]))
+        .await
+        .unwrap();
+    tx.send(query(3, "c2.example")).await.unwrap();
+    tx.send(answer(3, "c2.example", [198, 51, 100, 7]))
+        .await
+        .unwrap();
+    let out = take(&mut rx, 5).await;
+    let kinds: Vec<bool> = out
+        .iter()
+        .map(|e| e.query.is_alert(e.intel.as_deref()))
+        .collect();
+    assert_eq!(kinds, [false, false, true, true, false]);
+    assert!(out[2].query.answer.as_ref().unwrap().detected);
+    // The answer to c2.example still carries the verdict, for the analyst.
+    assert_eq!(out[4].intel.as_ref().unwrap().verdict, Verdict::Malicious);
+    assert_eq!(
+        *hits.0.lock().unwrap(),
+        [
+            (query(2, "x").src, "fresh.example".to_owned(), 1),
+            (query(3, "x").src, "c2.example".to_owned(), 1)
+        ]
+    );
+    let lines = encode_all(&out);
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["event", "event", "alert", "alert", "event"]);
 }

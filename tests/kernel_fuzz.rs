@@ -30,7 +30,11 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use ipnet::IpNet;
-use sensor_common::{Counter, Event, counters::COUNTER_COUNT};
+use sensor_common::{
+    Counter, Event, ResponseInfo,
+    counters::COUNTER_COUNT,
+    response::{RECORD_QUERY, RECORD_RESPONSE},
+};
 use sensor_kernel::config::CaptureMode;
 use sensor_kernel::{
     decode,
@@ -43,10 +47,15 @@ use sensor_testkit::{
         generator,
         generator::{Generator, Kind},
         reference,
-        reference::{ExpectedEvent, Finding, Prediction, Scope, Semantics, XDP_ABORTED},
+        reference::{
+            ExpectedEvent, ExpectedResponse, Finding, Prediction, Scope, Semantics, XDP_ABORTED,
+        },
     },
     packet::*,
 };
+
+/// A run's records: every header, and each response's info and message.
+type Records = (Vec<Event>, Vec<(ResponseInfo, Vec<u8>)>);
 
 /// The default seed: CI runs the same ten million frames every time; set `KERNEL_FUZZ_SEED`
 /// for others.
@@ -134,7 +143,10 @@ struct Kernel {
 /// What the kernel did with one frame.
 struct Observed {
     action: u32,
+    /// Each record's header (a response's with its question name copied in from the message).
     events: Vec<Event>,
+    /// For each response record among `events`, in order: its info and message bytes.
+    responses: Vec<(ResponseInfo, Vec<u8>)>,
     /// Counter changes, when read for this frame alone.
     delta: Option<Delta>,
 }
@@ -208,7 +220,7 @@ impl Kernel {
     }
 
     /// Runs the program on `frame` and takes the records it wrote.
-    fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<Event>), String> {
+    fn run(&mut self, frame: &[u8]) -> Result<(u32, Records), String> {
         let lo = self.lo;
         // The program's clock is the coarse one, read once per jiffy: up to one tick behind
         // CLOCK_MONOTONIC_COARSE (program.rs, `coarse_ns`), which itself lags the fine clock by a
@@ -223,8 +235,24 @@ impl Kernel {
             .map_err(|e| format!("test_run on {} bytes: {e}", frame.len()))?;
         let after = mono_ns();
         let mut events = Vec::new();
+        let mut responses = Vec::new();
         while let Some(item) = self.maps.events.next() {
-            let ev = decode::record(&item).map_err(|e| format!("record: {e}"))?;
+            let ev = match decode::any(&item).map_err(|e| format!("record: {e}"))? {
+                decode::Record::Query(ev) => ev,
+                decode::Record::Response {
+                    mut head,
+                    info,
+                    msg,
+                } => {
+                    let len = usize::from(head.qname_len);
+                    let name = msg
+                        .get(12..12 + len)
+                        .ok_or_else(|| format!("response message of {} bytes", msg.len()))?;
+                    head.qname[..len].copy_from_slice(name);
+                    responses.push((info, msg));
+                    *head
+                }
+            };
             if ev.ts_mono_ns > after || ev.ts_mono_ns < before {
                 return Err(format!(
                     "event timestamp {} outside the run [{before}, {after}]",
@@ -236,17 +264,18 @@ impl Kernel {
             }
             events.push(ev);
         }
-        Ok((r.return_value, events))
+        Ok((r.return_value, (events, responses)))
     }
 
     /// Runs `frame` alone, with the counter changes it made.
     fn run_counted(&mut self, frame: &[u8]) -> Result<Observed, String> {
         let before = self.counters();
-        let (action, events) = self.run(frame)?;
+        let (action, (events, responses)) = self.run(frame)?;
         let after = self.counters();
         Ok(Observed {
             action,
             events,
+            responses,
             delta: Some(std::array::from_fn(|i| after[i].wrapping_sub(before[i]))),
         })
     }
@@ -263,8 +292,31 @@ fn differs(p: &Prediction, o: &Observed) -> Option<String> {
     match (&p.event, o.events.as_slice()) {
         (None, []) => {}
         (Some(want), [got]) => {
+            let kind = if p.response.is_some() {
+                RECORD_RESPONSE
+            } else {
+                RECORD_QUERY
+            };
+            if got.kind != kind {
+                return Some(format!("record kind {}, predicted {kind}", got.kind));
+            }
             if let Some(why) = event_differs(want, got) {
                 return Some(why);
+            }
+            match (&p.response, o.responses.as_slice()) {
+                (None, []) => {}
+                (Some(want), [(info, msg)]) => {
+                    if let Some(why) = response_differs(want, got, info, msg) {
+                        return Some(why);
+                    }
+                }
+                (want, got) => {
+                    return Some(format!(
+                        "{} response record(s), predicted {}",
+                        got.len(),
+                        usize::from(want.is_some())
+                    ));
+                }
             }
         }
         (want, got) => {
@@ -330,7 +382,7 @@ fn event_differs(want: &ExpectedEvent, got: &Event) -> Option<String> {
         ("dns_id", u64::from(got.dns_id), u64::from(want.dns_id)),
         ("qtype", u64::from(got.qtype), u64::from(want.qtype)),
         ("qclass", u64::from(got.qclass), u64::from(want.qclass)),
-        ("_pad", u64::from(got._pad != [0; 2]), 0),
+        ("_pad", u64::from(got._pad), 0),
     ];
     for (name, g, w) in fields {
         if g != w {
@@ -364,6 +416,41 @@ fn event_differs(want: &ExpectedEvent, got: &Event) -> Option<String> {
     }
 }
 
+fn response_differs(
+    want: &ExpectedResponse,
+    head: &Event,
+    info: &ResponseInfo,
+    msg: &[u8],
+) -> Option<String> {
+    let n = usize::from(info.addr_count);
+    let got_addrs: Vec<([u8; 16], u32, bool)> = (0..n.min(info.addrs.len()))
+        .map(|i| (info.addrs[i], info.ttls[i], info.aaaa_mask & (1 << i) != 0))
+        .collect();
+    let got = ExpectedResponse {
+        flags: info.flags,
+        ancount: info.ancount,
+        nscount: info.nscount,
+        arcount: info.arcount,
+        msg_len: info.msg_len,
+        copied: info.copied,
+        answers_walked: info.answers_walked,
+        cnames: info.cnames,
+        walk: info.walk,
+        addrs: got_addrs,
+        msg: msg.to_vec(),
+    };
+    if got != *want {
+        return Some(format!("response {got:?}, predicted {want:?}"));
+    }
+    if info._pad != [0; 15] {
+        return Some("response padding not zero".into());
+    }
+    // The daemon's view: it decodes.
+    sensor_model::response::Response::from_parts(head, info, msg)
+        .err()
+        .map(|e| format!("the response record does not decode: {e}"))
+}
+
 /// What the run saw, for the summary and the coverage check.
 #[derive(Default)]
 struct Stats {
@@ -377,6 +464,10 @@ struct Stats {
     events_tcp: u64,
     events_ipv6: u64,
     events_vlan: u64,
+    /// Response records by how the answer walk ended.
+    walks: BTreeMap<u8, u64>,
+    /// Response records with at least one address.
+    responses_with_addrs: u64,
     replays: u64,
 }
 
@@ -459,6 +550,10 @@ impl Fuzz {
             self.stats.events_ipv6 += u64::from(e.family == 6);
             self.stats.events_vlan += u64::from(e.vlan_outer != 0 || e.vlan_inner != 0);
         }
+        if let Some(r) = &p.response {
+            *self.stats.walks.entry(r.walk).or_default() += 1;
+            self.stats.responses_with_addrs += u64::from(!r.addrs.is_empty());
+        }
     }
 
     fn one(&mut self, item: Prepared) {
@@ -469,13 +564,14 @@ impl Fuzz {
             sensitive,
         } = item;
         if sensitive.is_empty() {
-            let (action, events) = self
+            let (action, (events, responses)) = self
                 .kernel
                 .run(&frame.bytes)
                 .unwrap_or_else(|e| self.fail(index, &frame.bytes, &e, &spec));
             let o = Observed {
                 action,
                 events,
+                responses,
                 delta: None,
             };
             if let Some(why) = differs(&spec, &o) {
@@ -744,13 +840,18 @@ fn kernel_parser_agrees_with_the_reference() {
     for (f, n) in &s.findings {
         println!("  finding {f:<29} {n} frames");
     }
+    println!(
+        "  response walks (complete, limit, truncated, bad name): {:?}; {} with addresses",
+        s.walks, s.responses_with_addrs
+    );
     println!("  batches replayed: {}", s.replays);
 
     // The generator must reach every outcome the program has (ring_full needs a reader that
-    // falls behind, which this run never does).
+    // falls behind, which this run never does; responses_off a program loaded with responses
+    // off, which prog_test_run covers), and every way an answer walk ends.
     if packets >= 1_000_000 {
         for &c in Counter::ALL.iter().filter(|c| c.is_outcome()) {
-            if c == Counter::RingFull {
+            if c == Counter::RingFull || c == Counter::ResponsesOff {
                 continue;
             }
             assert!(
@@ -760,6 +861,8 @@ fn kernel_parser_agrees_with_the_reference() {
             );
         }
         assert!(s.events_tcp > 0 && s.events_ipv6 > 0 && s.events_vlan > 0);
+        assert_eq!(s.walks.len(), 4, "every walk status: {:?}", s.walks);
+        assert!(s.responses_with_addrs > 0);
     }
 }
 

@@ -228,6 +228,9 @@ fn dig_queries_become_exact_json_lines_allowlist_and_blocklist_apply() {
     assert!(!setup.pin_dir.exists(), "pins removed");
     let summary = daemon.stderr_seen.join("\n");
     assert!(summary.contains("written=4"), "{summary}");
+    // The program's diagnostics were read (aya-log), and it logged nothing: no packet logs.
+    assert!(summary.contains("kernel_log=true"), "{summary}");
+    assert!(!summary.contains("sensor_ebpf"), "{summary}");
 }
 
 fn expect_config_error(config_text: &str, needle: &str, as_nobody: bool) {

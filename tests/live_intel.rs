@@ -73,10 +73,7 @@ fn dig_a_malicious_name_alerts_wecom_with_the_owner_and_the_line_carries_the_ver
     );
     let trusted = write(d, "trusted.txt", "# trusted\nbaidu.com\n");
     let name = unique("live-intel");
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        l.local_addr().expect("addr").port()
-    };
+    let metrics_port = sensor_testkit::ports::free_port();
     let config = write(
         d,
         "sensor.toml",
@@ -143,8 +140,10 @@ flush_interval_ms = 100
         assert!(out.status.success(), "dig {qname}");
     };
     dig("www.baidu.com");
-    dig("clean.example.org");
+    dig("clean.public-site.cn");
     dig("C2.Evil-Example.NET");
+    // A special-use name ([intel.egress]): written, counted, never sent to ThreatBook.
+    dig("printer.local");
 
     rt.block_on(wecom.wait_for(Duration::from_secs(30), |r| {
         r.iter().any(|m| m.content.contains("c2.evil-example.net"))
@@ -180,10 +179,17 @@ flush_interval_ms = 100
     };
     assert_eq!(
         value("dns_sensor_kernel_events_total", None),
-        3.0,
+        4.0,
         "{metrics}"
     );
-    assert_eq!(value("dns_sensor_reader_records_read_total", None), 3.0);
+    assert_eq!(value("dns_sensor_reader_records_read_total", None), 4.0);
+    assert_eq!(
+        value(
+            "dns_sensor_intel_not_sent_total",
+            Some(("reason", "special_use"))
+        ),
+        1.0
+    );
     assert_eq!(value("dns_sensor_enrich_trusted_total", None), 1.0);
     assert_eq!(value("dns_sensor_cache_lookups_total", None), 2.0);
     assert_eq!(
@@ -299,7 +305,7 @@ flush_interval_ms = 100
         .collect();
     assert_eq!(
         docs.len(),
-        2,
+        3,
         "the trusted query is not written: {lines:#?}"
     );
     let by_name = |n: &str| {
@@ -313,7 +319,16 @@ flush_interval_ms = 100
     assert_eq!(bad["intel"]["verdict"], "malicious");
     assert_eq!(bad["intel"]["providers"][0], "threatbook");
     assert_eq!(bad["intel"]["judgments"][0], "C2");
-    assert_eq!(by_name("clean.example.org")["intel"]["verdict"], "clean");
+    assert_eq!(by_name("clean.public-site.cn")["intel"]["verdict"], "clean");
+    let local = by_name("printer.local");
+    assert_eq!(local["intel"]["verdict"], "not_looked_up");
+    assert_eq!(local["intel"]["reason"], "special_use");
+    assert!(
+        tb.requests()
+            .iter()
+            .all(|r| r.resources.iter().all(|n| n != "printer.local")),
+        "a .local name reached ThreatBook"
+    );
     assert!(
         responder.seen().iter().any(|s| s.name == "www.baidu.com"),
         "the trusted query itself passed"

@@ -21,7 +21,10 @@ use sensor_kernel::{
     decode, loader,
     loader::{Maps, ProgramSettings},
 };
-use sensor_model::query::Query;
+use sensor_model::{
+    query::Query,
+    response::{Response, Walk},
+};
 use sensor_testkit::packet::*;
 
 const XDP_DROP: u32 = 1;
@@ -36,6 +39,8 @@ struct Harness {
 struct Run {
     action: u32,
     events: Vec<Query>,
+    /// Response records, decoded.
+    responses: Vec<Response>,
     /// Length of each event's ring buffer record.
     record_lens: Vec<usize>,
     /// Counters that changed, with how much.
@@ -82,10 +87,22 @@ impl Harness {
         let t1 = mono_ns();
         let after = self.maps.counters().expect("counters");
         let mut events = Vec::new();
+        let mut responses = Vec::new();
         let mut record_lens = Vec::new();
         while let Some(item) = self.maps.events.next() {
             record_lens.push(item.len());
-            let ev = decode::record(&item).expect("record size");
+            let ev = match decode::any(&item).expect("record size") {
+                decode::Record::Query(ev) => ev,
+                decode::Record::Response { head, info, msg } => {
+                    let r = Response::from_parts(&head, &info, &msg).expect("response decodes");
+                    assert!(
+                        r.question.ts_mono_ns + 10_000_000 >= t0 && r.question.ts_mono_ns <= t1,
+                        "timestamp within the run"
+                    );
+                    responses.push(r);
+                    continue;
+                }
+            };
             let q = Query::from_event(&ev).expect("record decodes");
             // The default coarse clock lags the precise one by up to a scheduler tick (<= 10 ms).
             assert!(
@@ -103,6 +120,7 @@ impl Harness {
         Run {
             action: r.return_value,
             events,
+            responses,
             record_lens,
             delta,
         }
@@ -140,6 +158,7 @@ fn expected(
         qtype,
         qclass: 1,
         name: name.into(),
+        answer: None,
     }
 }
 
@@ -499,11 +518,95 @@ fn blocklisted_sources_are_dropped_and_counted_per_entry() {
 }
 
 #[test]
+fn the_kernel_stops_enforcing_an_entry_once_its_expiry_has_passed() {
+    let mut h = Harness::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lapsed: IpNet = "192.0.2.10/32".parse().unwrap();
+    let lasting: IpNet = "192.0.2.11/32".parse().unwrap();
+    let short: IpNet = "2001:db8::/64".parse().unwrap();
+    sensor_kernel::lists::blocklist::install_into(
+        &mut h.maps.blocklist,
+        &[(lapsed, now - 1), (lasting, now + 3600), (short, now + 2)],
+        &[],
+    )
+    .unwrap();
+
+    // Past its expiry: passed and reported, counted as block_expired; the entry stays in the
+    // map (userspace removes it) and counts no drop.
+    let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "x.example", 1));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(run.events.len(), 1);
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Ipv4, 1),
+            (BlockExpired, 1),
+            (DnsQueries, 1),
+            (Events, 1),
+        ],
+    );
+    // Not yet expired: dropped.
+    let run = h.run(&udp_query_frame(
+        IpAddr::V4(v4("192.0.2.11")),
+        server4(),
+        1,
+        1,
+        "x.example",
+        1,
+    ));
+    assert_eq!(run.action, XDP_DROP);
+    let entries = h.maps.blocklist.entries().unwrap();
+    assert_eq!(entries[&lapsed].packets, 0);
+    assert_eq!(entries[&lasting].packets, 1);
+
+    // A 2-second entry: dropped now, passed once its second has come, with nothing in
+    // userspace touching the map in between.
+    let run = h.run(&udp_query_frame(client6(), server6(), 1, 1, "x.example", 1));
+    assert_eq!(run.action, XDP_DROP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let run = h.run(&udp_query_frame(client6(), server6(), 1, 1, "x.example", 1));
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if run.action == XDP_PASS {
+            assert!(
+                wall >= now + 2,
+                "passed before its expiry ({wall} < {})",
+                now + 2
+            );
+            assert_delta(
+                &run,
+                &[
+                    (Packets, 1),
+                    (Ipv6, 1),
+                    (BlockExpired, 1),
+                    (DnsQueries, 1),
+                    (Events, 1),
+                ],
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still dropped 10 s after a 2-second expiry"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn mirror_mode_drops_after_reading_and_custom_ports_apply() {
     let mut h = Harness::with(ProgramSettings {
         mode: CaptureMode::Mirror,
         dns_ports: vec![5300, 53],
         precise_timestamps: true,
+        responses: true,
     });
     let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "m.example", 1));
     assert_eq!(run.action, XDP_DROP);
@@ -542,6 +645,14 @@ fn out_of_scope_packets_pass_and_are_counted() {
         server4(),
         UDP,
         &udp(53, 40000, &dns_query(1, "resp.example", 1)),
+    ));
+    // A query (QR=0) coming from a DNS port to one that is not: neither a query nor a response.
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (DnsQueryFromPort, 1)]);
+    let run = h.run(&ip_frame(
+        client4(),
+        server4(),
+        UDP,
+        &udp(5353, 40000, &dns_query(1, "resp.example", 1)),
     ));
     assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (NotDns, 1)]);
     let run = h.run(&ip_frame(
@@ -628,7 +739,7 @@ fn malformed_dns_is_passed_and_counted_by_reason() {
             DnsQdcount,
         ),
         (
-            "QR=1",
+            "QR=1 to a DNS port from another",
             dns_message(
                 DnsHeader {
                     flags: 0x8180,
@@ -901,4 +1012,429 @@ fn tcp_options_cut_short_are_bad_l4() {
     let run = h.run(&ip_frame(client4(), server4(), TCP, &seg));
     assert_eq!(run.action, XDP_PASS);
     assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (BadL4, 1)]);
+}
+
+/// The program's diagnostics (aya-log, `sensor_kernel::klog`) are for broken maps only: no
+/// packet writes a log record, whatever its outcome, a full event ring included (the one outcome
+/// load brings about).
+#[test]
+fn no_packet_writes_a_log_record() {
+    let mut h = Harness::new();
+    let mut logs = aya::maps::RingBuf::try_from(
+        h.ebpf
+            .take_map(sensor_kernel::klog::LOG_MAP)
+            .expect("the object has aya-log's ring buffer"),
+    )
+    .expect("a ring buffer");
+    h.lists(&["192.0.2.0/25"], &["192.0.2.200"]);
+    let mut frames = Vec::new();
+    for i in 0..=255u8 {
+        let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, i));
+        frames.push(udp_query_frame(src, server4(), 1, i as u16, "c.example", 1));
+        let mut f = udp_query_frame(src, server4(), 1, i as u16, "c.example", 1);
+        f.truncate(14 + (i as usize % f.len().saturating_sub(14)));
+        frames.push(f);
+    }
+    for f in &frames {
+        h.run(f);
+    }
+    // Fill the event ring without reading it: every query past its capacity is ring_full.
+    let query = udp_query_frame(client6(), server6(), 1, 1, "full.example", 1);
+    let per_run = sensor_common::RING_BYTES / 128 + 1_000;
+    loader::program(&mut h.ebpf)
+        .test_run(TestRunOptions {
+            data_in: Some(&query),
+            repeat: per_run,
+            ..TestRunOptions::new()
+        })
+        .expect("test_run");
+    let c = h.maps.counters().expect("counters");
+    assert!(c.ring_full >= 1_000, "the ring filled: {}", c.ring_full);
+    assert!(c.packets > u64::from(per_run));
+    assert!(logs.next().is_none(), "no log record");
+}
+
+/// The IP total length, the IPv6 payload length and the UDP length bound the DNS message:
+/// Ethernet padding after a query changes nothing, and a question that reaches past any of the
+/// three lengths (into padding or a trailer) is not parsed as DNS.
+#[test]
+fn bytes_past_the_ip_and_udp_lengths_are_never_dns() {
+    let mut h = Harness::new();
+    let want = || {
+        expected(
+            client4(),
+            server4(),
+            40000,
+            7,
+            "pad.example",
+            1,
+            Transport::Udp,
+        )
+    };
+    let frame = udp_query_frame(client4(), server4(), 40000, 7, "pad.example", 1);
+    let mut padded = frame.clone();
+    padded.extend_from_slice(&[0u8; 24]);
+    let run = h.run(&padded);
+    assert_event(&run, want());
+
+    // Offsets in the untagged IPv4 frame: IP header at 14, UDP at 34, DNS at 42.
+    let short = 3; // bytes of QTYPE/QCLASS left outside the lengths
+    let dns_len = frame.len() - 42;
+    let mut udp_short = frame.clone();
+    udp_short[38..40].copy_from_slice(&((8 + dns_len - short) as u16).to_be_bytes());
+    let run = h.run(&udp_short);
+    assert_eq!(run.action, XDP_PASS);
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (DnsTruncated, 1)]);
+
+    let mut ip_short = frame.clone();
+    ip_short[16..18].copy_from_slice(&((20 + 8 + dns_len - short) as u16).to_be_bytes());
+    let run = h.run(&ip_short);
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (DnsTruncated, 1)]);
+
+    // A UDP length below its own header is malformed.
+    let mut udp_bad = frame.clone();
+    udp_bad[38..40].copy_from_slice(&4u16.to_be_bytes());
+    let run = h.run(&udp_bad);
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (BadL4, 1)]);
+    // So is an IPv4 total length below its header.
+    let mut ip_bad = frame.clone();
+    ip_bad[16..18].copy_from_slice(&10u16.to_be_bytes());
+    let run = h.run(&ip_bad);
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (BadIpv4, 1)]);
+
+    // IPv6: payload length at 14 + 4.
+    let frame6 = udp_query_frame(client6(), server6(), 40000, 7, "pad.example", 1);
+    let mut padded6 = frame6.clone();
+    padded6.extend_from_slice(&[0u8; 24]);
+    let run = h.run(&padded6);
+    assert_eq!(run.events.len(), 1, "{:?}", run.delta);
+    let mut v6_short = frame6.clone();
+    let payload = frame6.len() - 54;
+    v6_short[18..20].copy_from_slice(&((payload - short) as u16).to_be_bytes());
+    let run = h.run(&v6_short);
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (Ipv6, 1), (DnsTruncated, 1)]);
+}
+
+/// A TCP segment is a query only when its length prefix fits what the segment carries and
+/// covers the question: a DNS message sent without its prefix (the prefix went in a segment
+/// of its own) is not read with its ID as the length.
+#[test]
+fn a_tcp_length_prefix_that_does_not_fit_is_not_a_query() {
+    let mut h = Harness::new();
+    let msg = dns_query(0x1234, "split.example", 1);
+    // The prefix alone, then the message alone: neither is a query.
+    let prefix = (msg.len() as u16).to_be_bytes();
+    let run = h.run(&ip_frame(
+        client4(),
+        server4(),
+        TCP,
+        &tcp(45000, 53, &prefix),
+    ));
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
+    let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &msg)));
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
+    // A prefix longer than the segment (the message continues in the next one).
+    let mut long = tcp_dns(&msg);
+    long[..2].copy_from_slice(&((msg.len() + 100) as u16).to_be_bytes());
+    let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &long)));
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
+    // A prefix shorter than the question.
+    let mut cut = tcp_dns(&msg);
+    cut[..2].copy_from_slice(&14u16.to_be_bytes());
+    let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &cut)));
+    assert!(run.events.is_empty());
+    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
+    // Two messages in one segment: the first is reported (pipelining beyond it is not yet).
+    let mut two = tcp_dns(&msg);
+    two.extend_from_slice(&tcp_dns(&dns_query(0x1235, "second.example", 1)));
+    let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &two)));
+    assert_event(
+        &run,
+        expected(
+            client4(),
+            server4(),
+            45000,
+            0x1234,
+            "split.example",
+            1,
+            Transport::Tcp,
+        ),
+    );
+}
+
+/// An IPv6 atomic fragment (a Fragment header with offset 0 and M = 0, RFC 6946) is a whole
+/// packet: parsed like any other. A real first fragment (M = 1) still is not.
+#[test]
+fn an_ipv6_atomic_fragment_is_parsed() {
+    let mut h = Harness::new();
+    let seg = udp(1111, 53, &dns_query(9, "atomic.example", 28));
+    let atomic = Ext {
+        kind: 44,
+        body: vec![0, 0, 0xde, 0xad, 0xbe, 0xef],
+    };
+    let run = h.run(&ether(
+        &[],
+        ETH_IPV6,
+        &ipv6(v6("2001:db8::10"), v6("2001:db8::53"), UDP, &[atomic], &seg),
+    ));
+    assert_event(
+        &run,
+        expected(
+            client6(),
+            server6(),
+            1111,
+            9,
+            "atomic.example",
+            28,
+            Transport::Udp,
+        ),
+    );
+    let run = h.run(&ether(
+        &[],
+        ETH_IPV6,
+        &ipv6(
+            v6("2001:db8::10"),
+            v6("2001:db8::53"),
+            UDP,
+            &[Ext::fragment()],
+            &seg,
+        ),
+    ));
+    assert_delta(&run, &[(Packets, 1), (Ipv6, 1), (Fragment, 1)]);
+}
+
+/// The counter changes of one response in `family`: `packets`, the family, `dns_responses`,
+/// and the `rest` (its outcome and any walk counter), once each.
+fn assert_response_delta(run: &Run, family: Counter, rest: &[Counter]) {
+    let mut want = vec![(Packets, 1), (family, 1), (DnsResponses, 1)];
+    want.extend(rest.iter().map(|&c| (c, 1)));
+    assert_delta(run, &want);
+}
+
+/// A response from `server:53` to `client:port` (UDP) carrying `msg`.
+fn response_frame(server: IpAddr, client: IpAddr, port: u16, msg: &[u8]) -> Vec<u8> {
+    ip_frame(server, client, UDP, &udp(53, port, msg))
+}
+
+fn a(addr: &str) -> Vec<u8> {
+    v4(addr).octets().to_vec()
+}
+
+fn aaaa(addr: &str) -> Vec<u8> {
+    v6(addr).octets().to_vec()
+}
+
+#[test]
+fn a_response_is_reported_with_its_flags_addresses_ttls_and_cname_chain() {
+    let mut h = Harness::new();
+    // www.example.com CNAME edge.cdn.example; edge.cdn.example A x4, with pointers.
+    let mut answers = rr(&QNAME_PTR, 5, 3600, &wire_name("edge.cdn.example"));
+    let edge = [
+        0xc0,
+        (12 + wire_name("www.example.com").len() + 4 + 12) as u8,
+    ];
+    let addrs = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"];
+    for (i, ip) in addrs.iter().enumerate() {
+        answers.extend(rr(&edge, 1, 60 + i as u32, &a(ip)));
+    }
+    let msg = dns_response(0x1234, 0x8180, "www.example.com", 1, 5, &answers);
+    let run = h.run(&response_frame(server4(), client4(), 40000, &msg));
+    assert_eq!(run.action, XDP_PASS);
+    assert!(run.events.is_empty(), "no query record");
+    assert_response_delta(&run, Ipv4, &[ResponseEvents]);
+    assert_eq!(run.responses.len(), 1);
+    let r = &run.responses[0];
+    // The header as the packet carried it: the server is the source.
+    assert_eq!(
+        (
+            r.question.src,
+            r.question.src_port,
+            r.question.dst,
+            r.question.dst_port
+        ),
+        (server4(), 53, client4(), 40000)
+    );
+    assert_eq!((r.question.dns_id, r.question.qtype), (0x1234, 1));
+    assert_eq!(r.question.name, "www.example.com");
+    assert_eq!((r.flags, r.rcode(), r.ancount), (0x8180, 0, 5));
+    assert!(r.recursion_available() && !r.authoritative() && !r.truncated());
+    assert_eq!(r.walk, Walk::Complete);
+    assert_eq!(r.kernel_cnames, 1);
+    let want: Vec<(IpAddr, u32)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (IpAddr::V4(v4(ip)), 60 + i as u32))
+        .collect();
+    assert_eq!(r.kernel_addrs, want);
+    // The message bytes went along: userspace decodes the same answers, the chain included.
+    assert_eq!(usize::from(r.msg_len), msg.len());
+    assert_eq!(usize::from(r.copied), msg.len());
+    assert!(r.answers_complete);
+    assert_eq!(r.answers[0].data, "edge.cdn.example");
+    assert_eq!(r.answers[1].name, "edge.cdn.example");
+    let decoded: Vec<(IpAddr, u32)> = r
+        .answers
+        .iter()
+        .filter_map(|x| x.ip.map(|ip| (ip, x.ttl)))
+        .collect();
+    assert_eq!(decoded, want);
+    // The smallest record class that holds the message.
+    assert_eq!(run.record_lens, [256 + 128]);
+}
+
+#[test]
+fn an_ipv6_nxdomain_and_aaaa_answers_are_reported() {
+    let mut h = Harness::new();
+    let msg = dns_response(7, 0x8583, "gone.example", 28, 0, &[]);
+    let run = h.run(&response_frame(server6(), client6(), 5555, &msg));
+    assert_response_delta(&run, Ipv6, &[ResponseEvents]);
+    let r = &run.responses[0];
+    assert_eq!((r.rcode(), r.authoritative()), (3, true));
+    assert!(r.kernel_addrs.is_empty() && r.answers.is_empty() && r.answers_complete);
+
+    let mut answers = rr(&QNAME_PTR, 28, 30, &aaaa("2001:db8::1"));
+    answers.extend(rr(&QNAME_PTR, 1, 31, &a("192.0.2.9")));
+    answers.extend(rr(&QNAME_PTR, 28, 32, &aaaa("2001:db8::2")));
+    let msg = dns_response(8, 0x8180, "dual.example", 28, 3, &answers);
+    let run = h.run(&response_frame(server6(), client6(), 5555, &msg));
+    let r = &run.responses[0];
+    assert_eq!(
+        r.kernel_addrs,
+        [
+            (IpAddr::V6(v6("2001:db8::1")), 30),
+            (IpAddr::V4(v4("192.0.2.9")), 31),
+            (IpAddr::V6(v6("2001:db8::2")), 32)
+        ]
+    );
+}
+
+#[test]
+fn the_walk_is_bounded_and_stops_at_bad_names_and_cuts_counted_by_reason() {
+    let mut h = Harness::new();
+    // 20 A records: 8 addresses kept, 16 records walked, the rest left (counted).
+    let mut answers = Vec::new();
+    for i in 0..20u8 {
+        answers.extend(rr(&QNAME_PTR, 1, 5, &[10, 0, 0, i]));
+    }
+    let msg = dns_response(1, 0x8180, "many.example", 1, 20, &answers);
+    let run = h.run(&response_frame(server4(), client4(), 1000, &msg));
+    assert_response_delta(&run, Ipv4, &[ResponseEvents, ResponseRrLimit]);
+    let r = &run.responses[0];
+    assert_eq!(r.walk, Walk::Limit);
+    assert_eq!(r.kernel_addrs.len(), 8);
+    assert_eq!(r.kernel_addrs[7].0, IpAddr::V4(v4("10.0.0.7")));
+    // Userspace still decodes all twenty from the message.
+    assert_eq!(r.answers.len(), 20);
+
+    // A pointer that points forward (to itself): the walk stops there, the answer before it
+    // is kept.
+    let mut answers = rr(&QNAME_PTR, 1, 5, &a("192.0.2.1"));
+    let here = 12 + wire_name("loop.example").len() + 4 + answers.len();
+    answers.extend(rr(&[0xc0, here as u8], 1, 5, &a("192.0.2.2")));
+    let msg = dns_response(1, 0x8180, "loop.example", 1, 2, &answers);
+    let run = h.run(&response_frame(server4(), client4(), 1000, &msg));
+    assert_response_delta(&run, Ipv4, &[ResponseEvents, ResponseBadName]);
+    let r = &run.responses[0];
+    assert_eq!(r.walk, Walk::BadName);
+    assert_eq!(r.kernel_addrs, [(IpAddr::V4(v4("192.0.2.1")), 5)]);
+
+    // ANCOUNT 3 with two records: truncated after the second.
+    let mut answers = rr(&QNAME_PTR, 1, 5, &a("192.0.2.1"));
+    answers.extend(rr(&QNAME_PTR, 1, 5, &a("192.0.2.2")));
+    let msg = dns_response(1, 0x8180, "cut.example", 1, 3, &answers);
+    let run = h.run(&response_frame(server4(), client4(), 1000, &msg));
+    assert_response_delta(&run, Ipv4, &[ResponseEvents, ResponseTruncated]);
+    assert_eq!(run.responses[0].walk, Walk::Truncated);
+    assert_eq!(run.responses[0].kernel_addrs.len(), 2);
+    assert!(!run.responses[0].answers_complete);
+
+    // An uncompressed owner name is skipped label by label.
+    let answers = rr(&wire_name("plain.example"), 1, 9, &a("192.0.2.77"));
+    let msg = dns_response(1, 0x8180, "plain.example", 1, 1, &answers);
+    let run = h.run(&response_frame(server4(), client4(), 1000, &msg));
+    assert_eq!(run.responses[0].walk, Walk::Complete);
+    assert_eq!(
+        run.responses[0].kernel_addrs,
+        [(IpAddr::V4(v4("192.0.2.77")), 9)]
+    );
+
+    // Bytes past the UDP length are not the message: an answer there is not read (the
+    // message claims one answer and ends: truncated).
+    let answers = rr(&QNAME_PTR, 1, 9, &a("192.0.2.5"));
+    let msg = dns_response(1, 0x8180, "pad.example", 1, 1, &[]);
+    let mut seg = udp(53, 1000, &msg);
+    seg.extend_from_slice(&answers);
+    let run = h.run(&ip_frame(server4(), client4(), UDP, &seg));
+    assert_eq!(run.responses[0].walk, Walk::Truncated);
+    assert!(run.responses[0].kernel_addrs.is_empty());
+    assert_eq!(usize::from(run.responses[0].msg_len), msg.len());
+    assert!(run.responses[0].answers.is_empty());
+}
+
+#[test]
+fn record_classes_follow_the_message_length_and_long_messages_are_cut_at_1024() {
+    let mut h = Harness::new();
+    for (records, want_len) in [(2usize, 256 + 128), (20, 256 + 512), (80, 256 + 1024)] {
+        let mut answers = Vec::new();
+        for i in 0..records {
+            answers.extend(rr(&QNAME_PTR, 1, 1, &[10, 1, (i >> 8) as u8, i as u8]));
+        }
+        let msg = dns_response(1, 0x8180, "big.example", 1, records as u16, &answers);
+        let run = h.run(&response_frame(server4(), client4(), 1000, &msg));
+        assert_eq!(run.record_lens, [want_len], "{records} records");
+        let r = &run.responses[0];
+        assert_eq!(usize::from(r.msg_len), msg.len());
+        assert_eq!(usize::from(r.copied), msg.len().min(1024));
+        assert_eq!(r.answers_complete, msg.len() <= 1024, "{records} records");
+    }
+}
+
+#[test]
+fn responses_to_allowlisted_clients_or_when_off_make_no_record_and_tcp_responses_do() {
+    let mut h = Harness::new();
+    h.lists(&["192.0.2.10/32"], &[]);
+    let msg = dns_response(
+        1,
+        0x8180,
+        "x.example",
+        1,
+        1,
+        &rr(&QNAME_PTR, 1, 1, &a("192.0.2.1")),
+    );
+    let run = h.run(&response_frame(server4(), client4(), 1000, &msg));
+    assert!(run.responses.is_empty());
+    assert_delta(
+        &run,
+        &[(Packets, 1), (Ipv4, 1), (DnsResponses, 1), (Allowlisted, 1)],
+    );
+    let run = h.run(&ip_frame(
+        server4(),
+        client4(),
+        TCP,
+        &tcp(53, 1000, &tcp_dns(&msg)),
+    ));
+    assert!(run.responses.is_empty(), "allowlisted over TCP too");
+
+    let run = h.run(&ip_frame(
+        server6(),
+        client6(),
+        TCP,
+        &tcp(53, 1000, &tcp_dns(&msg)),
+    ));
+    assert_response_delta(&run, Ipv6, &[ResponseEvents]);
+    let r = &run.responses[0];
+    assert_eq!(r.question.transport, Transport::Tcp);
+    assert_eq!(r.kernel_addrs, [(IpAddr::V4(v4("192.0.2.1")), 1)]);
+
+    let mut off = Harness::with(ProgramSettings {
+        responses: false,
+        ..ProgramSettings::default()
+    });
+    let run = off.run(&response_frame(server4(), client4(), 1000, &msg));
+    assert!(run.responses.is_empty());
+    assert_response_delta(&run, Ipv4, &[ResponsesOff]);
 }

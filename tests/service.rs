@@ -456,11 +456,11 @@ fn with_exactly_the_units_capabilities_it_attaches_captures_and_blocks() {
         field("Uid:").split_whitespace().next(),
         Some(&*svc.user.uid.to_string())
     );
-    // CAP_NET_ADMIN = 12, CAP_PERFMON = 38, CAP_BPF = 39 and nothing else, in every set.
+    // Started with CAP_NET_ADMIN = 12, CAP_PERFMON = 38, CAP_BPF = 39 and nothing else (the
+    // bounding set shows it); once attached, none is left in any thread.
     let mask = format!("{:016x}", (1u64 << 12) | (1 << 38) | (1 << 39));
-    for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
-        assert_eq!(field(set), mask, "{set}");
-    }
+    assert_eq!(field("CapBnd:"), mask);
+    assert_no_capability_in_any_thread(sensor.pid);
     assert_eq!(field("NoNewPrivs:"), "1");
     assert!(svc.attached(), "attached");
     // The unit's bpffs layout as the sensor sees it: /sys/fs/bpf an empty tmpfs, the pin root
@@ -568,11 +568,7 @@ fn without_any_one_of_the_units_capabilities_it_fails_fast_naming_it() {
 /// inside the unit's `SystemCallFilter=` (as `systemd-analyze syscall-filter` expands it).
 #[test]
 fn its_system_calls_stay_inside_the_units_filter() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = sensor_testkit::ports::free_port();
     let svc = Service::new(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let _responder = Responder::start(&[IpAddr::V4(svc.topo.v4(1))]);
     let trace = svc.dir.path().join("trace");
@@ -658,4 +654,236 @@ fn expand_filter(value: &str) -> BTreeSet<String> {
         "{allowed:?}"
     );
     allowed
+}
+
+/// Every thread of `pid` has empty effective, permitted and ambient capability sets.
+fn assert_no_capability_in_any_thread(pid: i32) {
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .map(|e| e.expect("task").path())
+        .collect();
+    assert!(!tasks.is_empty());
+    for task in tasks {
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue; // a thread that ended
+        };
+        for set in ["CapEff:", "CapPrm:", "CapAmb:"] {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(set))
+                .expect(set)
+                .trim();
+            assert_eq!(v, "0000000000000000", "{set} of {}", task.display());
+        }
+    }
+}
+
+/// A public address (outside every never-block range) the nightly run lists.
+const ATTACKER: &str = "89.248.165.74";
+const TB_KEY: &str = "canary-tb-svc-77e1";
+
+/// After attaching, the daemon holds no capability in any thread, and what it does later still
+/// works without them: a SIGHUP that changes `blocklist.entries` (and the minute sweep and the
+/// nightly run after it keep the change), the nightly run's install, and an operator's unblock
+/// run by root, which becomes the state directory's owner.
+#[test]
+fn without_capabilities_after_start_sighup_the_nightly_install_and_unblock_still_work() {
+    let svc = Service::new("");
+    let server = IpAddr::V4(svc.topo.v4(1));
+    let _responder = Responder::start(&[server]);
+    let second = svc.topo.add_client_v4(5);
+    svc.topo.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{ATTACKER}/32"),
+        "dev",
+        &svc.topo.peer_if,
+    ]);
+    sh(
+        "ip",
+        &[
+            "route",
+            "add",
+            &format!("{ATTACKER}/32"),
+            "dev",
+            &svc.topo.host_if,
+        ],
+    );
+
+    // The nightly run at the next minute (two if this one is nearly over: the start takes a
+    // few seconds), for the alerts of the day before it.
+    let now = time::OffsetDateTime::now_utc();
+    let run_at = now + time::Duration::minutes(if now.second() < 40 { 1 } else { 2 });
+    let alert_day = run_at.date().previous_day().expect("a day before");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let es_server = sensor_testkit::osmem::Osmem::start();
+    let es = sensor_testkit::osmem::Client::new(&es_server.url());
+    let alert_at = format!("{alert_day}T03:00:00Z");
+    rt.block_on(es.seed_alerts("ngfw-svc", &[(ATTACKER, &alert_at), (ATTACKER, &alert_at)]));
+    let tb = rt
+        .block_on(sensor_testkit::fake_threatbook::FakeThreatBook::start(
+            TB_KEY,
+        ))
+        .expect("fake ThreatBook");
+    tb.set_ip(
+        ATTACKER.parse().unwrap(),
+        sensor_testkit::fake_threatbook::FakeVerdict::malicious("Brute Force"),
+        sensor_testkit::fake_threatbook::FakeIpInfo::default(),
+    );
+
+    // Files the service writes live in a directory it owns, as /var/lib/dns-sensor.
+    let var = OwnedDir::new(svc.dir.path().join("var"), &svc.user, 0o750);
+    let tb_key = svc.dir.path().join("tb.key");
+    std::fs::write(&tb_key, TB_KEY).unwrap();
+    std::fs::set_permissions(&tb_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = |entry: std::net::Ipv4Addr| {
+        format!(
+            r#"[sensor]
+name = "{name}"
+pin_root = "{pin_root}"
+
+[capture]
+interfaces = ["{iface}"]
+
+[intel.threatbook]
+base_url = "{tb_url}"
+api_key = {{ file = "{tb_key}" }}
+[intel.threatbook.limits]
+batch_window_ms = 5
+
+[blocklist]
+entries = ["{entry}"]
+results_dir = "{var}/results"
+
+[blocklist.elasticsearch]
+url = "{es_url}"
+
+[[blocklist.sources]]
+index = "ngfw-*"
+field = "source.ip"
+device = "NGFW"
+
+[blocklist.policy]
+state_dir = "{var}/state"
+
+[blocklist.schedule]
+enabled = true
+at = "{hh:02}:{mm:02}"
+time_zone = "UTC"
+
+[blocklist.edl]
+path = "{var}/edl.txt"
+"#,
+            name = svc.name,
+            pin_root = svc.pin_root.0.display(),
+            iface = svc.topo.host_if,
+            tb_url = tb.base_url(),
+            tb_key = tb_key.display(),
+            es_url = es_server.url(),
+            var = var.0.display(),
+            hh = run_at.hour(),
+            mm = run_at.minute(),
+        )
+    };
+    std::fs::write(&svc.config, config(svc.blocked)).unwrap();
+
+    let mut cmd = svc.command(&unit_caps(), &[]);
+    // The sweep says "no change" at debug.
+    cmd.env("RUST_LOG", "info,sensor_blocklist::daemon=debug");
+    let mut sensor = Running::start(cmd, svc.dir.path().join("events.jsonl"), false);
+    assert_no_capability_in_any_thread(sensor.pid);
+    let at = format!("@{server}");
+    let qname = format!("q{}.example", sensor.pid);
+    let from = |source: &str| svc.dig(&["-b", source, "+timeout=1", &at, &qname, "A"]);
+    assert!(!from(&svc.blocked.to_string()), "the static entry drops");
+    assert!(from(&second.to_string()), "the other client passes");
+
+    // SIGHUP: the static entry moves to the second client, through the map descriptors held.
+    std::fs::write(&svc.config, config(second)).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sensor.pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    sensor.wait_for(
+        "kernel lists reloaded from the config",
+        Duration::from_secs(20),
+    );
+    assert!(from(&svc.blocked.to_string()), "the old entry is gone");
+    assert!(!from(&second.to_string()), "the new entry drops");
+
+    // The nightly run installs the attacker through the pins, with no capability.
+    assert!(from(ATTACKER), "not listed before the nightly run");
+    sensor.wait_for("nightly blocklist published", Duration::from_secs(200));
+    assert!(!from(ATTACKER), "the nightly run's entry drops");
+    assert!(
+        !from(&second.to_string()),
+        "the nightly run kept the entry the SIGHUP installed"
+    );
+    assert!(
+        from(&svc.blocked.to_string()),
+        "and did not put the old one back"
+    );
+    assert_no_capability_in_any_thread(sensor.pid);
+
+    // Root runs the unblock; it becomes the state directory's owner and writes as that user.
+    let out = Command::new(sensor_bin())
+        .args([
+            "blocklist",
+            "unblock",
+            ATTACKER,
+            "--reason",
+            "false positive",
+        ])
+        .arg("--config")
+        .arg(&svc.config)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("sensor blocklist unblock");
+    assert!(
+        out.status.success(),
+        "unblock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("running as the owner of the state directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(from(ATTACKER), "unblocked at once");
+    let state = var.0.join("state");
+    for f in std::fs::read_dir(&state).expect("state dir") {
+        let f = f.expect("entry");
+        let owner = std::os::unix::fs::MetadataExt::uid(&f.metadata().unwrap());
+        assert_eq!(
+            owner,
+            svc.user.uid,
+            "{} owned by the service user",
+            f.path().display()
+        );
+    }
+    let audit = std::fs::read_to_string(state.join("audit.jsonl")).expect("audit");
+    let last: Value = serde_json::from_str(audit.lines().last().expect("a record")).unwrap();
+    assert_eq!(last["reason"], "false positive", "{last}");
+    assert_ne!(
+        last["by"],
+        svc.user.name.as_str(),
+        "the person, not the service user: {last}"
+    );
+
+    // The minute sweep (its next pass, after the SIGHUP and the nightly run) re-plans with the
+    // reloaded entries too.
+    sensor.wait_for("blocklist sweep", Duration::from_secs(90));
+    assert!(
+        !from(&second.to_string()),
+        "the sweep kept the reloaded entry"
+    );
+    assert!(
+        from(&svc.blocked.to_string()),
+        "the sweep did not put the old one back"
+    );
+    assert!(from(ATTACKER), "the unblock holds");
+    sensor.stop();
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use sensor_model::{error::ConfigError, secret::SecretSource};
+use sensor_model::{error::ConfigError, secret::SecretSource, text};
 use sensor_outputs::sink::elastic::client::{EsClient, EsConnection, EsKeys};
 
 /// `[[blocklist.sources]]`: where one kind of device writes its alerts.
@@ -60,6 +60,18 @@ pub struct ReadSection {
     /// that refuses the size is asked again with halved pages.
     pub page_size: usize,
     pub timeout_secs: u64,
+    /// Accept a plain `http://` `url` on a non-loopback host although `password` or `api_key` is
+    /// set (the credential then crosses the network in clear). Default false.
+    pub allow_insecure_http: bool,
+    /// The most bytes of one answer read; a larger page is an error naming the cap, never
+    /// buffered whole. Default 67108864 (64 MiB: a page of 65,535 buckets is about 15 MB).
+    pub max_response_bytes: usize,
+    /// The most composite pages read per source in one run; more means a runaway paging loop
+    /// (or a server that never ends its `after_key`) and fails the collection. Default 10000.
+    pub max_pages: u64,
+    /// The most distinct addresses collected over all sources in one run; beyond it the
+    /// collection fails rather than hand an unbounded set to the lookups. Default 1000000.
+    pub max_addresses: usize,
 }
 
 impl Default for ReadSection {
@@ -72,6 +84,10 @@ impl Default for ReadSection {
             ca_file: None,
             page_size: 65_535,
             timeout_secs: 60,
+            allow_insecure_http: false,
+            max_response_bytes: sensor_outputs::sink::elastic::client::DEFAULT_MAX_RESPONSE_BYTES,
+            max_pages: 10_000,
+            max_addresses: 1_000_000,
         }
     }
 }
@@ -126,6 +142,8 @@ impl ReadSection {
             ca_file: self.ca_file.as_deref(),
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
             connect_timeout: None,
+            allow_insecure_http: self.allow_insecure_http,
+            max_response_bytes: self.max_response_bytes,
             keys: &KEYS,
         }
     }
@@ -135,7 +153,12 @@ impl ReadSection {
 pub struct Reader {
     client: EsClient,
     page_size: usize,
+    max_pages: u64,
+    max_addresses: usize,
 }
+
+/// Longest server-given reason kept in an error (it reaches logs and the failure notice).
+const MAX_REASON_CHARS: usize = 300;
 
 impl Reader {
     pub fn new(cfg: &ReadSection) -> Result<Self, CollectError> {
@@ -146,9 +169,29 @@ impl Reader {
                 message: other.to_string(),
             },
         })?;
+        for (key, zero) in [
+            ("blocklist.elasticsearch.max_pages", cfg.max_pages == 0),
+            (
+                "blocklist.elasticsearch.max_addresses",
+                cfg.max_addresses == 0,
+            ),
+            (
+                "blocklist.elasticsearch.max_response_bytes",
+                cfg.max_response_bytes == 0,
+            ),
+        ] {
+            if zero {
+                return Err(CollectError::Config {
+                    key,
+                    message: "must be greater than 0".into(),
+                });
+            }
+        }
         Ok(Self {
             client,
             page_size: cfg.page_size.clamp(1, 65_535),
+            max_pages: cfg.max_pages,
+            max_addresses: cfg.max_addresses,
         })
     }
 
@@ -169,14 +212,22 @@ impl Reader {
             .send(method, path, body)
             .await
             .map_err(|t| err(t.message))?;
-        let body: Value = serde_json::from_slice(&answer)
-            .map_err(|e| err(format!("error decoding response body: {e}")))?;
+        let body: Value = serde_json::from_slice(&answer).map_err(|e| {
+            err(format!(
+                "HTTP {status}, error decoding response body: {}",
+                text::one_line(&e.to_string(), MAX_REASON_CHARS)
+            ))
+        })?;
         if !status.is_success() {
+            // The server's words: one line, bounded, inert (they reach logs and chat).
             let reason = body["error"]["root_cause"][0]["reason"]
                 .as_str()
                 .or(body["error"]["reason"].as_str())
                 .unwrap_or("no reason given");
-            return Err(err(format!("HTTP {status}: {reason}")));
+            return Err(err(format!(
+                "HTTP {status}: {}",
+                text::one_line(reason, MAX_REASON_CHARS)
+            )));
         }
         Ok(body)
     }
@@ -222,7 +273,19 @@ impl Reader {
             let field = self.aggregatable(src).await?;
             let mut after: Option<Value> = None;
             let mut page_size = self.page_size;
+            let mut pages = 0u64;
             loop {
+                if pages >= self.max_pages {
+                    return Err(CollectError::Request {
+                        what: format!("alerts of {} in {}", src.device, src.index),
+                        message: format!(
+                            "more than blocklist.elasticsearch.max_pages = {} composite pages; \
+                             stopped (a server that never ends its after_key, or raise the cap)",
+                            self.max_pages
+                        ),
+                    });
+                }
+                pages += 1;
                 let mut composite = json!({
                     "size": page_size,
                     "sources": [{"ip": {"terms": {"field": field}}}],
@@ -271,7 +334,24 @@ impl Reader {
                     }
                     Err(e) => return Err(e),
                 };
-                match read_page(&page, &src.device, from, &mut out) {
+                let next = read_page(&page, &src.device, from, &mut out);
+                if out.ips.len() > self.max_addresses {
+                    return Err(CollectError::Request {
+                        what: format!("alerts of {} in {}", src.device, src.index),
+                        message: format!(
+                            "more than blocklist.elasticsearch.max_addresses = {} distinct \
+                             addresses; stopped",
+                            self.max_addresses
+                        ),
+                    });
+                }
+                match next {
+                    Some(a) if Some(&a) == after.as_ref() => {
+                        return Err(CollectError::Request {
+                            what: format!("alerts of {} in {}", src.device, src.index),
+                            message: "the server returned the same after_key twice; stopped".into(),
+                        });
+                    }
                     Some(a) => after = Some(a),
                     None => break,
                 }

@@ -17,6 +17,17 @@
 //! `ArcSwap`: a request takes one snapshot, so every response is a whole list, the old or the new,
 //! never a mix. [`EdlList::publish`] writes the file first (temp file, fsync, rename, fsync of the
 //! directory) and then swaps the served copy.
+//!
+//! The server faces the firewall's network, so it runs behind `sensor_outputs::httpd` (the
+//! allowed-clients check and the failed-auth throttle at accept, before TLS; connection caps;
+//! header-read and idle timeouts), refuses to start open or with Basic auth in clear unless the
+//! config opts in, and records who fetched what ([`crate::fetches`]).
+//!
+//! The same server hands out the FortiGate, Check Point and MikroTik export files on their own
+//! `url_path` ([`serve_lists`], [`ListKind`]): those firewalls fetch over HTTP(S) too, and one
+//! server keeps one set of checks (allowed clients, throttle, auth, TLS, limits) and one place
+//! that sees every firewall's fetches. Each path has its own served copy, checked in its format
+//! before it is served ([`ListKind::validate_text`]); a path nobody configured is 404.
 
 use std::{
     future::Future,
@@ -30,26 +41,27 @@ use arc_swap::ArcSwapOption;
 use axum::{
     Router,
     body::Bytes,
-    extract::{ConnectInfo, State, connect_info::Connected},
+    extract::{ConnectInfo, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
-    serve::{IncomingStream, Listener},
 };
 use base64::Engine;
 use ipnet::IpNet;
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, rustls, server::TlsStream};
+use tokio::net::TcpListener;
 
-use crate::store::{Entry, fnv1a64};
+use crate::{
+    edl_auth::AuthThrottle,
+    edl_tls::CertSource,
+    fetches::{FetchTracker, FirewallSection, Outcome},
+    store::{Entry, fnv1a64},
+};
 use sensor_model::{
     error::{ConfigError, parse_nets},
     secret::SecretSource,
 };
 
-/// How long a client may take for its TLS handshake before it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REALM: &str = "Basic realm=\"dns-sensor blocklist\", charset=\"UTF-8\"";
 
 /// `[blocklist.edl]`: the EDL file and its HTTP server.
@@ -67,11 +79,28 @@ pub struct EdlSection {
     /// Basic-auth password source (`{ env = "VAR" }` or `{ file = "/path" }`), required with a
     /// user.
     pub basic_auth_password: SecretSource,
-    /// Clients (IPs or CIDRs) allowed to fetch the list; empty = any client. Others get 403.
+    /// Clients (IPs or CIDRs) allowed to connect; empty = any client. Others are closed at
+    /// accept, before any TLS handshake.
     pub allowed_clients: Vec<String>,
-    /// PEM certificate chain and private key: both set = HTTPS, neither = plain HTTP.
+    /// Serve with neither `basic_auth_user` nor `allowed_clients` (anyone who reaches the port
+    /// reads the list). Off: such a config is refused at start.
+    pub allow_open: bool,
+    /// Accept Basic auth over plain HTTP (the password crosses the network readable). Off: a
+    /// config with a user and no TLS is refused at start.
+    pub allow_basic_auth_over_http: bool,
+    /// Failed authentications from one address within `auth_throttle_secs` after which its
+    /// connections are refused for `auth_throttle_secs`.
+    pub auth_failure_limit: u32,
+    pub auth_throttle_secs: u64,
+    /// PEM certificate chain and private key: both set = HTTPS, neither = plain HTTP. Re-read on
+    /// SIGHUP; a path starting with `$CREDENTIALS_DIRECTORY/` is read from systemd's
+    /// credentials directory (`LoadCredential=`).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `[blocklist.edl.limits]`: timeouts, connection caps, request size.
+    pub limits: sensor_outputs::httpd::ServerLimits,
+    /// `[[blocklist.edl.firewalls]]`: firewalls expected to fetch, tracked and alerted on.
+    pub firewalls: Vec<FirewallSection>,
 }
 
 impl Default for EdlSection {
@@ -83,8 +112,14 @@ impl Default for EdlSection {
             basic_auth_user: String::new(),
             basic_auth_password: SecretSource::default(),
             allowed_clients: Vec::new(),
+            allow_open: false,
+            allow_basic_auth_over_http: false,
+            auth_failure_limit: 10,
+            auth_throttle_secs: 300,
             tls_cert: None,
             tls_key: None,
+            limits: Default::default(),
+            firewalls: Vec::new(),
         }
     }
 }
@@ -96,12 +131,7 @@ impl EdlSection {
             return Err(invalid("blocklist.edl.path", "must name a file".to_owned()));
         }
         self.listen_addr()?;
-        if !self.url_path.starts_with('/') || self.url_path.contains(char::is_whitespace) {
-            return Err(invalid(
-                "blocklist.edl.url_path",
-                format!("{:?} must start with / and hold no spaces", self.url_path),
-            ));
-        }
+        check_url_path("blocklist.edl.url_path", &self.url_path)?;
         if self.basic_auth_user.contains(':') {
             return Err(invalid(
                 "blocklist.edl.basic_auth_user",
@@ -120,11 +150,51 @@ impl EdlSection {
                 "set either `env` or `file`, not both".to_owned(),
             ));
         }
-        parse_nets("blocklist.edl.allowed_clients", &self.allowed_clients)?;
+        let allowed = parse_nets("blocklist.edl.allowed_clients", &self.allowed_clients)?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid(
                 "blocklist.edl.tls_key",
                 "set both tls_cert and tls_key, or neither".to_owned(),
+            ));
+        }
+        self.limits.validate("blocklist.edl.limits")?;
+        if self.auth_failure_limit == 0 || !(1..=86_400).contains(&self.auth_throttle_secs) {
+            return Err(invalid(
+                "blocklist.edl.auth_throttle_secs",
+                "auth_failure_limit must be at least 1 and auth_throttle_secs 1..=86400".to_owned(),
+            ));
+        }
+        crate::fetches::validate(&self.firewalls)?;
+        if let Some(f) = self.firewalls.iter().find(|f| {
+            !allowed.is_empty()
+                && !allowed
+                    .iter()
+                    .any(|n| n.contains(&f.address.to_canonical()))
+        }) {
+            return Err(invalid(
+                "blocklist.edl.firewalls",
+                format!(
+                    "{} ({}) is not in allowed_clients: its fetches would be refused",
+                    f.name, f.address
+                ),
+            ));
+        }
+        if self.listen.trim().is_empty() {
+            return Ok(());
+        }
+        if self.basic_auth_user.is_empty() && allowed.is_empty() && !self.allow_open {
+            return Err(invalid(
+                "blocklist.edl.allow_open",
+                "the list would be served to anyone: set allowed_clients and/or basic_auth_user, or allow_open = true".to_owned(),
+            ));
+        }
+        if !self.basic_auth_user.is_empty()
+            && self.tls_cert.is_none()
+            && !self.allow_basic_auth_over_http
+        {
+            return Err(invalid(
+                "blocklist.edl.allow_basic_auth_over_http",
+                "Basic auth over plain HTTP sends the password in clear: set tls_cert and tls_key, or allow_basic_auth_over_http = true".to_owned(),
             ));
         }
         Ok(())
@@ -146,10 +216,101 @@ impl EdlSection {
     }
 }
 
-/// The EDL text: one address per line with its expiry and severity as a comment.
+/// Checks a URL path the server routes on. Only unreserved characters (RFC 3986) and '/': the
+/// router reads `{`, `}`, `*` and `:` as captures and wildcards, and panics on some of them.
+pub fn check_url_path(key: &'static str, path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/')
+        || path.contains("//")
+        || !path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~/".contains(c))
+    {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "{path:?} must start with / and hold only letters, digits, '-', '.', '_', '~' and single '/'"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The lists the server can hand out: the PAN-OS EDL and the export files firewalls fetch.
+/// Also the `list` of a fetch record and of the `edl_list_fetches_total` metric (four values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// The PAN-OS EDL (`[blocklist.edl]`).
+    Edl,
+    /// The FortiGate external threat feed (`[blocklist.export.fortigate]`).
+    Fortigate,
+    /// The Check Point IoC feed (`[blocklist.export.checkpoint]`).
+    Checkpoint,
+    /// The MikroTik RouterOS script (`[blocklist.export.mikrotik]`).
+    Mikrotik,
+}
+
+impl ListKind {
+    pub const ALL: [ListKind; 4] = [
+        ListKind::Edl,
+        ListKind::Fortigate,
+        ListKind::Checkpoint,
+        ListKind::Mikrotik,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ListKind::Edl => "edl",
+            ListKind::Fortigate => "fortigate",
+            ListKind::Checkpoint => "checkpoint",
+            ListKind::Mikrotik => "mikrotik",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The `Content-Type` served: FortiOS and RouterOS read plain text, Check Point's feed is a
+    /// CSV file (sk132193).
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ListKind::Checkpoint => "text/csv; charset=utf-8",
+            _ => "text/plain; charset=utf-8",
+        }
+    }
+
+    /// Checks a list file before it is served (an operator may have edited it by hand): it must
+    /// parse in its format and cover no protected or operator-decided address. Returns the
+    /// number of entries, or the first problem with its line number.
+    pub fn validate_text(
+        self,
+        text: &str,
+        never: &crate::neverblock::NeverBlock,
+    ) -> Result<usize, String> {
+        let nets = match self {
+            ListKind::Edl => parse_text(text)?,
+            ListKind::Fortigate => crate::export::fortigate::parse(text)?,
+            ListKind::Checkpoint => crate::export::checkpoint::parse(text)?,
+            ListKind::Mikrotik => crate::export::mikrotik::parse(text)?,
+        };
+        check_protected(&nets, never)
+    }
+}
+
+/// The EDL text: one address per line with its expiry and severity as a comment. Most severe
+/// first, then most recently confirmed, then most confident (then by address, so the text is
+/// stable): a firewall that stops reading at its entry limit keeps the entries that matter most.
 pub fn render(entries: &[Entry]) -> String {
+    let mut order: Vec<&Entry> = entries.iter().collect();
+    order.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(b.last_malicious.cmp(&a.last_malicious))
+            .then(b.confidence.cmp(&a.confidence))
+            .then(a.ip.cmp(&b.ip))
+    });
     let mut out = String::with_capacity(entries.len() * 48);
-    for e in entries {
+    for e in order {
         out.push_str(&IpNet::from(e.ip.to_canonical()).addr().to_string());
         if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(e.expires) {
             let d = t.date();
@@ -178,6 +339,82 @@ fn severity_name(s: sensor_model::verdict::Severity) -> &'static str {
         High => "high",
         Critical => "critical",
     }
+}
+
+/// Writes the EDL file when its text changes (the command line's publication; the daemon's
+/// file watcher serves it). Returns whether it changed.
+pub fn write_file(path: &Path, text: &str) -> Result<bool, EdlError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
+    }
+    let io = |source| EdlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    sensor_model::files::write_atomic(path, text).map_err(io)?;
+    Ok(true)
+}
+
+/// Checks an EDL file before it is served (an operator may have edited it by hand): every
+/// non-comment line must start with an address or CIDR, and none may be protected or decided
+/// by the operator. Returns the number of entries, or the first problem with its line number.
+pub fn validate_text(text: &str, never: &crate::neverblock::NeverBlock) -> Result<usize, String> {
+    ListKind::Edl.validate_text(text, never)
+}
+
+/// The networks of an EDL text with their line numbers (1-based).
+fn parse_text(text: &str) -> Result<Vec<(usize, IpNet)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let first = line.split_whitespace().next().unwrap_or("");
+        let net: IpNet = first
+            .parse()
+            .or_else(|_| first.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("line {}: {first:?} is not an address or CIDR", i + 1))?;
+        out.push((i + 1, net));
+    }
+    Ok(out)
+}
+
+/// The networks of an inclusive address range (`a-b`), for the protected-address check.
+pub(crate) fn range_nets(a: IpAddr, b: IpAddr) -> Option<Vec<IpNet>> {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) if a <= b => {
+            Some(ipnet::Ipv4Subnets::new(a, b, 0).map(IpNet::V4).collect())
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) if a <= b => {
+            Some(ipnet::Ipv6Subnets::new(a, b, 0).map(IpNet::V6).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Refuses networks that touch a protected or operator-decided address; returns how many
+/// entries (lines) there are.
+fn check_protected(
+    nets: &[(usize, IpNet)],
+    never: &crate::neverblock::NeverBlock,
+) -> Result<usize, String> {
+    let holes = never.hard_holes();
+    for (line, net) in nets {
+        let net = sensor_kernel::lists::canonical_net(&net.trunc());
+        if let Some(h) = holes.iter().find(|h| h.contains(&net) || net.contains(*h)) {
+            return Err(format!(
+                "line {line}: {net} covers {h}, which must never be listed ({})",
+                never.hard_reason(h.addr()).unwrap_or("protected")
+            ));
+        }
+    }
+    let mut lines: Vec<usize> = nets.iter().map(|(l, _)| *l).collect();
+    lines.dedup();
+    Ok(lines.len())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,10 +510,37 @@ impl EdlList {
             path: self.path.clone(),
             source,
         })?;
+        self.swap(old.as_deref(), text);
+        Ok(true)
+    }
+
+    /// A list whose file is written by someone else (an export, see [`crate::export`]): nothing
+    /// is served until [`EdlList::serve_text`] hands over a checked text.
+    pub fn unpublished(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            current: Arc::new(ArcSwapOption::empty()),
+            publishing: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Serves `text` (read from the file and checked by the caller) without writing the file.
+    /// The text already served changes nothing. Returns whether the served list changed.
+    pub fn serve_text(&self, text: &str) -> bool {
+        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        if old.as_ref().is_some_and(|o| o.body == text.as_bytes()) {
+            return false;
+        }
+        self.swap(old.as_deref(), text);
+        true
+    }
+
+    fn swap(&self, old: Option<&Served>, text: &str) {
         // Last-Modified moves forward by at least a second, so If-Modified-Since never mistakes
         // a list published within the same second for the one a client already has.
         let mut when = whole_seconds(SystemTime::now());
-        if let Some(old) = &old
+        if let Some(old) = old
             && when <= old.last_modified
         {
             when = old.last_modified + Duration::from_secs(1);
@@ -285,7 +549,6 @@ impl EdlList {
             Bytes::copy_from_slice(text.as_bytes()),
             when,
         ))));
-        Ok(true)
     }
 
     /// The list being served, if any.
@@ -298,128 +561,101 @@ impl EdlList {
     }
 }
 
-/// The remote address of a connection, for both listeners.
-#[derive(Debug, Clone, Copy)]
-struct Peer(SocketAddr);
-
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-/// Hands axum connections whose TLS handshake is done. Handshakes run in their own tasks (with
-/// a timeout), so a client that stalls in its handshake holds up nobody.
-struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    r = tcp.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "EDL server: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    () = tx.closed() => return,
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "EDL server: TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%peer, "EDL server: TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { ready, local })
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(x) => x,
-            // The accept task is gone (it ends only when this listener is dropped).
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, EdlError> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect())
-        .map_err(|e| EdlError::Tls(format!("certificate {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(EdlError::Tls(format!(
-            "certificate {}: no certificate in the file",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| EdlError::Tls(format!("key {}: {e}", key.display())))?;
-    // The provider is named, not taken from the process default, which is ambiguous when more
-    // than one rustls provider is compiled in.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| EdlError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| EdlError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 struct AppState {
-    list: EdlList,
-    allowed: Vec<IpNet>,
     /// The expected `Authorization` value, `Basic <base64(user:password)>`.
     auth: Option<String>,
+    throttle: Arc<AuthThrottle>,
+    fetches: Arc<FetchTracker>,
+}
+
+/// One URL path: which list, and the shared checks.
+struct RouteState {
+    app: Arc<AppState>,
+    kind: ListKind,
+    list: EdlList,
+}
+
+/// A list served next to the EDL, on its own path (an export file, see [`crate::export`]).
+#[derive(Clone)]
+pub struct ExtraList {
+    pub kind: ListKind,
+    /// Its URL path; [`serve_lists`] checks it is valid and distinct from the others.
+    pub url_path: String,
+    /// The config key of `url_path`, for errors.
+    pub key: &'static str,
+    pub list: EdlList,
 }
 
 /// A running EDL server.
 pub struct EdlServer {
     pub local_addr: SocketAddr,
     pub task: tokio::task::JoinHandle<()>,
+    pub stats: Arc<EdlStats>,
+    /// The certificate source when serving HTTPS (re-read on SIGHUP: see
+    /// [`crate::edl_tls::TlsReload`]).
+    pub tls: Option<Arc<CertSource>>,
+    /// The export lists served next to the EDL (to be kept current by their file watchers).
+    pub extra: Vec<ExtraList>,
+}
+
+/// What the EDL server counts.
+pub struct EdlStats {
+    /// Accept-time refusals, connection caps and cuts.
+    pub gate: Arc<sensor_outputs::httpd::Gate>,
+    pub throttle: Arc<AuthThrottle>,
+    pub fetches: Arc<FetchTracker>,
+    lists: Vec<(ListKind, EdlList)>,
+}
+
+impl EdlStats {
+    /// `/metrics` samples: connections, the throttle, fetches per firewall.
+    pub fn metrics(&self, out: &mut Vec<sensor_outputs::metrics::Metric>) {
+        use sensor_outputs::metrics::Metric;
+        use std::sync::atomic::Ordering;
+        self.gate.metrics(out);
+        out.push(Metric::counter(
+            "edl_auth_throttles",
+            "Addresses throttled after repeated failed authentication.",
+            self.throttle.throttled.load(Ordering::Relaxed),
+        ));
+        let current = |kind: ListKind| {
+            self.lists
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, l)| l.current())
+                .map(|c| c.etag.clone())
+        };
+        self.fetches.metrics(&current, out);
+    }
 }
 
 /// Serves `list` as `section` says (call only when `section.listen` is set), until `shutdown`
 /// completes. Binds before returning, so a bad address or certificate is reported at once.
+/// Spawns on the current runtime: call it on the server thread
+/// ([`sensor_outputs::httpd::ServerThread`]).
 pub async fn serve(
     section: &EdlSection,
     list: EdlList,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<EdlServer, EdlError> {
+    serve_lists(section, list, Vec::new(), shutdown).await
+}
+
+/// [`serve`], with `extra` lists on their own paths behind the same checks (allowed clients,
+/// throttle, Basic auth, TLS, limits) and the same fetch records. A path nobody configured is
+/// 404.
+pub async fn serve_lists(
+    section: &EdlSection,
+    list: EdlList,
+    extra: Vec<ExtraList>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<EdlServer, EdlError> {
     section.validate()?;
+    let paths: Vec<(&'static str, &str)> =
+        std::iter::once(("blocklist.edl.url_path", section.url_path.as_str()))
+            .chain(extra.iter().map(|e| (e.key, e.url_path.as_str())))
+            .collect();
+    check_distinct_paths(&paths)?;
     let addr = section.listen_addr()?.ok_or(ConfigError::Invalid {
         key: "blocklist.edl.listen",
         message: "no address to serve the list on".into(),
@@ -438,65 +674,120 @@ pub async fn serve(
         Some(format!("Basic {token}"))
     };
     let tls = match (&section.tls_cert, &section.tls_key) {
-        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        (Some(c), Some(k)) => Some(CertSource::open(c, k)?),
         _ => None,
     };
+    let acceptor = tls.as_ref().map(CertSource::acceptor).transpose()?;
+    let throttle = Arc::new(AuthThrottle::new(
+        section.auth_failure_limit,
+        Duration::from_secs(section.auth_throttle_secs),
+    ));
+    let fetches = Arc::new(FetchTracker::new(
+        section.firewalls.clone(),
+        crate::fetches::state_file(&section.path),
+    ));
+    let gate = sensor_outputs::httpd::Gate::new(
+        "edl",
+        section.limits.clone(),
+        parse_nets("blocklist.edl.allowed_clients", &section.allowed_clients)?,
+        Some({
+            let throttle = throttle.clone();
+            Arc::new(move |ip| throttle.is_throttled(ip))
+        }),
+        section.firewalls.iter().map(|f| f.address).collect(),
+    );
     let state = Arc::new(AppState {
-        list,
-        allowed: parse_nets("blocklist.edl.allowed_clients", &section.allowed_clients)?,
         auth,
+        throttle: throttle.clone(),
+        fetches: fetches.clone(),
     });
-    let router = Router::new()
-        .route(&section.url_path, get(handle))
-        .with_state(state);
-    let app = router.into_make_service_with_connect_info::<Peer>();
+    let lists: Vec<(ListKind, EdlList)> = std::iter::once((ListKind::Edl, list))
+        .chain(extra.iter().map(|e| (e.kind, e.list.clone())))
+        .collect();
+    let mut router = Router::new();
+    for ((_, path), (kind, list)) in paths.iter().zip(&lists) {
+        router = router.merge(Router::new().route(path, get(handle)).with_state(Arc::new(
+            RouteState {
+                app: state.clone(),
+                kind: *kind,
+                list: list.clone(),
+            },
+        )));
+    }
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| EdlError::Bind { addr, source })?;
     let local_addr = tcp
         .local_addr()
         .map_err(|source| EdlError::Bind { addr, source })?;
-    let tls_on = tls.is_some();
-    let task = match tls {
-        Some(acceptor) => {
-            let listener = TlsListener::new(tcp, acceptor)
-                .map_err(|source| EdlError::Bind { addr, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::warn!(error = %e, "EDL server stopped");
-                }
-            })
-        }
-        None => tokio::spawn(async move {
-            if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {
-                tracing::warn!(error = %e, "EDL server stopped");
-            }
-        }),
-    };
+    let tls_on = acceptor.is_some();
+    let task = tokio::spawn(sensor_outputs::httpd::serve(
+        tcp,
+        gate.clone(),
+        acceptor,
+        router,
+        shutdown,
+    ));
+    for e in &extra {
+        tracing::info!(list = e.kind.name(), path = %e.url_path, file = %e.list.path().display(), "serving an export list");
+    }
     tracing::info!(address = %local_addr, tls = tls_on, path = %section.url_path, "EDL server listening");
-    Ok(EdlServer { local_addr, task })
+    Ok(EdlServer {
+        local_addr,
+        task,
+        stats: Arc::new(EdlStats {
+            gate,
+            throttle,
+            fetches,
+            lists,
+        }),
+        tls,
+        extra,
+    })
+}
+
+/// Every served path must be valid and different from the others (two lists on one path would
+/// panic the router, or serve one firewall another's format). `paths`: (config key, path).
+pub fn check_distinct_paths(paths: &[(&'static str, &str)]) -> Result<(), ConfigError> {
+    for (i, (key, path)) in paths.iter().enumerate() {
+        check_url_path(key, path)?;
+        if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p == path) {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!("{path:?} is already the path of {other}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The user name of a Basic `Authorization` value, to tell firewalls apart (never logged).
+fn basic_user(value: &[u8]) -> Option<String> {
+    let b64 = value.strip_prefix(b"Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(u, _)| u.to_owned())
 }
 
 async fn handle(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    State(route): State<Arc<RouteState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
+    let state = &route.app;
+    let kind = route.kind;
     let ip: IpAddr = peer.ip().to_canonical();
-    if !state.allowed.is_empty() && !state.allowed.iter().any(|n| n.contains(&ip)) {
-        tracing::debug!(%peer, "EDL request from a client not in allowed_clients");
-        return (StatusCode::FORBIDDEN, "forbidden\n").into_response();
-    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let user = basic_user(given);
     if let Some(expected) = &state.auth {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
         if !auth_matches(given, expected.as_bytes()) {
-            tracing::debug!(%peer, "EDL request without valid credentials");
+            state.throttle.failed(ip);
+            state
+                .fetches
+                .record(ip, user.as_deref(), kind, Outcome::Unauthorized, None);
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, REALM)],
@@ -504,9 +795,13 @@ async fn handle(
             )
                 .into_response();
         }
+        state.throttle.succeeded(ip);
     }
     // One snapshot for the whole response.
-    let Some(served) = state.list.current() else {
+    let Some(served) = route.list.current() else {
+        state
+            .fetches
+            .record(ip, user.as_deref(), kind, Outcome::Unavailable, None);
         return (StatusCode::SERVICE_UNAVAILABLE, "no list published yet\n").into_response();
     };
     let last_modified = httpdate::fmt_http_date(served.last_modified);
@@ -519,6 +814,17 @@ async fn handle(
             .and_then(|v| httpdate::parse_http_date(v).ok())
             .is_some_and(|since| served.last_modified <= since),
     };
+    state.fetches.record(
+        ip,
+        user.as_deref(),
+        kind,
+        if not_modified {
+            Outcome::NotModified
+        } else {
+            Outcome::Ok
+        },
+        Some(&served.etag),
+    );
     let common = [
         (header::ETAG, served.etag.clone()),
         (header::LAST_MODIFIED, last_modified),
@@ -530,7 +836,7 @@ async fn handle(
     (
         StatusCode::OK,
         common,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(header::CONTENT_TYPE, kind.content_type())],
         served.body.clone(),
     )
         .into_response()
@@ -576,11 +882,12 @@ mod tests {
             e("2a00:1450::1", None),
             e("::ffff:1.2.3.4", Some(Severity::Critical)),
         ]);
+        // Most severe first: a firewall that truncates keeps the entries that matter most.
         assert_eq!(
             text,
-            "45.33.32.156 expires 2026-12-24 severity high\n\
-             2a00:1450::1 expires 2026-12-24\n\
-             1.2.3.4 expires 2026-12-24 severity critical\n"
+            "1.2.3.4 expires 2026-12-24 severity critical\n\
+             45.33.32.156 expires 2026-12-24 severity high\n\
+             2a00:1450::1 expires 2026-12-24\n"
         );
         assert_eq!(render(&[]), "");
     }
@@ -642,10 +949,76 @@ mod tests {
         }
         let s: EdlSection = toml::from_str(
             "listen = \"127.0.0.1:0\"\nbasic_auth_user = \"fw\"\n\
-             basic_auth_password = { env = \"EDL_PW\" }\nallowed_clients = [\"10.0.0.0/8\"]",
+             basic_auth_password = { env = \"EDL_PW\" }\nallowed_clients = [\"10.0.0.0/8\"]\n\
+             tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
         )
         .unwrap();
         s.validate().unwrap();
+        for (s, key) in [
+            // Open: no auth, no allowed clients.
+            (
+                EdlSection {
+                    listen: "0.0.0.0:8443".into(),
+                    ..EdlSection::default()
+                },
+                "blocklist.edl.allow_open",
+            ),
+            // Basic auth without TLS.
+            (
+                EdlSection {
+                    tls_cert: None,
+                    tls_key: None,
+                    ..s.clone()
+                },
+                "blocklist.edl.allow_basic_auth_over_http",
+            ),
+            (
+                EdlSection {
+                    url_path: "/{list}".into(),
+                    ..s.clone()
+                },
+                "blocklist.edl.url_path",
+            ),
+            (
+                EdlSection {
+                    url_path: "/a/:b".into(),
+                    ..s.clone()
+                },
+                "blocklist.edl.url_path",
+            ),
+            (
+                EdlSection {
+                    firewalls: vec![crate::fetches::FirewallSection {
+                        name: "pa".into(),
+                        address: "192.0.2.1".parse().unwrap(),
+                        user: String::new(),
+                        max_silence_secs: 3600,
+                    }],
+                    ..s.clone()
+                },
+                "blocklist.edl.firewalls",
+            ),
+        ] {
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // Each opt-in is explicit.
+        EdlSection {
+            listen: "0.0.0.0:8443".into(),
+            allow_open: true,
+            ..EdlSection::default()
+        }
+        .validate()
+        .unwrap();
+        EdlSection {
+            tls_cert: None,
+            tls_key: None,
+            allow_basic_auth_over_http: true,
+            ..s
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

@@ -68,6 +68,9 @@ const SPECIAL_V6: &[(&str, &str)] = &[
 ];
 
 const REASON_CLIENT_ALLOW: &str = "filter.client_allow";
+const REASON_PROTECTED: &str = "protected";
+const REASON_OPERATOR_ALLOW: &str = "operator_allow";
+const REASON_OPERATOR_UNBLOCK: &str = "operator_unblock";
 const REASON_ALLOW: &str = "blocklist.policy.allow";
 const REASON_NOT_GLOBAL_V6: &str = "outside 2000::/3, not global unicast (IANA IPv6 address space)";
 
@@ -131,6 +134,11 @@ pub struct NeverBlock {
     special_v6: Vec<(Ipv6Net, &'static str)>,
     client_allow: NetSet,
     allow: NetSet,
+    /// Protected addresses ([`crate::protect`]) and the operator's allows and unblocks in force
+    /// ([`crate::overrides`]): these outrank everything, static entries included.
+    protected: NetSet,
+    operator_allow: NetSet,
+    operator_unblock: NetSet,
 }
 
 impl NeverBlock {
@@ -151,7 +159,66 @@ impl NeverBlock {
                 .collect(),
             client_allow: NetSet::new(client_allow),
             allow: NetSet::new(allow),
+            protected: NetSet::default(),
+            operator_allow: NetSet::default(),
+            operator_unblock: NetSet::default(),
         }
+    }
+
+    /// Adds the protected addresses and the operator's overrides in force at `now`.
+    pub fn with_rules(
+        mut self,
+        protected: &crate::protect::Protected,
+        overrides: &crate::overrides::Overrides,
+        now: i64,
+    ) -> Self {
+        use crate::overrides::Kind;
+        let nets = |k: Kind| -> Vec<IpNet> {
+            overrides
+                .active_nets(now)
+                .filter(|(_, kind)| *kind == k)
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        self.protected = NetSet::new(&protected.nets().copied().collect::<Vec<_>>());
+        self.operator_allow = NetSet::new(&nets(Kind::Allow));
+        self.operator_unblock = NetSet::new(&nets(Kind::Unblock));
+        self
+    }
+
+    /// The reason among those that bind static entries too (protected, operator decisions),
+    /// or `None`: what a `blocklist.entries` range must have holes for.
+    pub fn hard_reason(&self, ip: IpAddr) -> Option<&'static str> {
+        let canon = ip.to_canonical();
+        for a in [ip, canon] {
+            if self.protected.contains(a) {
+                return Some(REASON_PROTECTED);
+            }
+            if self.operator_allow.contains(a) {
+                return Some(REASON_OPERATOR_ALLOW);
+            }
+            if self.operator_unblock.contains(a) {
+                return Some(REASON_OPERATOR_UNBLOCK);
+            }
+        }
+        None
+    }
+
+    /// The networks every list must leave out (protected and operator decisions), in both
+    /// forms the kernel may hold (IPv4 and IPv4-mapped IPv6 are the same trie key).
+    pub fn hard_holes(&self) -> Vec<IpNet> {
+        [
+            &self.protected,
+            &self.operator_allow,
+            &self.operator_unblock,
+        ]
+        .iter()
+        .flat_map(|s| {
+            s.v4.iter()
+                .map(|n| IpNet::V4(*n))
+                .chain(s.v6.iter().map(|n| IpNet::V6(*n)))
+        })
+        .collect()
     }
 
     /// True when `ip` may be blocked.
@@ -163,6 +230,9 @@ impl NeverBlock {
     pub fn reason(&self, ip: IpAddr) -> Option<&'static str> {
         // The allowlists are checked on the canonical form and on the address as given, so an
         // allowlisted IPv4 client is protected in its mapped form too.
+        if let Some(r) = self.hard_reason(ip) {
+            return Some(r);
+        }
         let canon = ip.to_canonical();
         for a in [ip, canon] {
             if self.client_allow.contains(a) {
@@ -198,7 +268,12 @@ impl NeverBlock {
         if net.prefix_len() == net.max_prefix_len() {
             return self.blockable(net.addr());
         }
-        if self.client_allow.overlaps(&net) || self.allow.overlaps(&net) {
+        if self.client_allow.overlaps(&net)
+            || self.allow.overlaps(&net)
+            || self.protected.overlaps(&net)
+            || self.operator_allow.overlaps(&net)
+            || self.operator_unblock.overlaps(&net)
+        {
             return false;
         }
         match net {

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use sensor_model::verdict::{Confidence, Finding, Severity};
 
-use sensor_intel::{LookupError, batch::Batcher};
+use sensor_intel::batch::Batcher;
 
 /// `[blocklist.reputation]`: how long a verdict is reused across nights.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,13 +94,20 @@ impl IpVerdict {
 pub struct ReputationCache {
     path: PathBuf,
     verdicts: BTreeMap<IpAddr, IpVerdict>,
+    /// Addresses whose lookup failed on an earlier night: asked again on the next one, so a
+    /// provider outage delays a verdict instead of losing it (`reputation-pending.json`).
+    pending: std::collections::BTreeSet<IpAddr>,
+    pending_path: PathBuf,
 }
 
-/// The night's lookups: how many came from the cache and how many were asked.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// The night's lookups: how many came from the cache, how many were asked, how many failed
+/// (kept pending for the next night) and the first failure.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LookupStats {
     pub cached: usize,
     pub asked: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
 }
 
 impl ReputationCache {
@@ -117,7 +124,28 @@ impl ReputationCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e),
         };
-        Ok(Self { path, verdicts })
+        let pending_path = state_dir.join("reputation-pending.json");
+        let pending = match std::fs::read(&pending_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", pending_path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path,
+            verdicts,
+            pending,
+            pending_path,
+        })
+    }
+
+    /// Addresses left without a verdict by an earlier night's failed lookups.
+    pub fn pending(&self) -> impl Iterator<Item = &IpAddr> {
+        self.pending.iter()
     }
 
     /// Writes the cache atomically (temp file, fsync, rename).
@@ -126,7 +154,9 @@ impl ReputationCache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        sensor_model::files::write_atomic(&self.path, &bytes)
+        sensor_model::files::write_atomic(&self.path, &bytes)?;
+        let pending = serde_json::to_vec(&self.pending).map_err(std::io::Error::other)?;
+        sensor_model::files::write_atomic(&self.pending_path, &pending)
     }
 
     pub fn len(&self) -> usize {
@@ -137,16 +167,16 @@ impl ReputationCache {
         self.verdicts.is_empty()
     }
 
-    /// Verdicts for `ips`: from the cache while fresh, the rest asked through `batcher`. Any
-    /// failed lookup fails the whole call (what was answered is kept in the cache): the caller
-    /// must then keep the last good list.
+    /// Verdicts for `ips`: from the cache while fresh, the rest asked through `batcher`. A
+    /// failed lookup costs only its own address: the others get their verdicts, and the failed
+    /// ones are kept pending for the next night (see [`pending`](Self::pending)).
     pub async fn check(
         &mut self,
         batcher: &Batcher<IpAddr>,
         ips: &[IpAddr],
         now: OffsetDateTime,
         cfg: &ReputationSection,
-    ) -> Result<(BTreeMap<IpAddr, IpVerdict>, LookupStats), LookupError> {
+    ) -> (BTreeMap<IpAddr, IpVerdict>, LookupStats) {
         let fresh = |v: &IpVerdict| {
             let days = if v.is_malicious {
                 cfg.malicious_ttl_days
@@ -165,23 +195,30 @@ impl ReputationCache {
                 _ => ask.push(ip),
             }
         }
-        let stats = LookupStats {
+        let mut stats = LookupStats {
             cached: out.len(),
             asked: ask.len(),
+            ..LookupStats::default()
         };
         let answers = futures::future::join_all(ask.iter().map(|&ip| batcher.lookup(ip))).await;
-        let mut failure = None;
         for (ip, answer) in ask.into_iter().zip(answers) {
             match answer {
                 Ok(f) => {
                     let v = IpVerdict::from_finding(f, now);
                     self.verdicts.insert(ip, v.clone());
+                    self.pending.remove(&ip);
                     out.insert(ip, v);
                 }
                 Err(e) => {
-                    failure.get_or_insert(e);
+                    stats.failed += 1;
+                    stats.first_error.get_or_insert_with(|| e.to_string());
+                    self.pending.insert(ip);
                 }
             }
+        }
+        // Cached answers settle pending addresses too.
+        for ip in out.keys() {
+            self.pending.remove(ip);
         }
         // Forget verdicts nobody will reuse, so the file does not grow for ever.
         self.verdicts.retain(|_, v| {
@@ -190,9 +227,6 @@ impl ReputationCache {
                     u64::from(cfg.malicious_ttl_days.max(cfg.clean_ttl_days)) * 86_400,
                 )
         });
-        match failure {
-            Some(e) => Err(e),
-            None => Ok((out, stats)),
-        }
+        (out, stats)
     }
 }

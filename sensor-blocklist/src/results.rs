@@ -1,5 +1,11 @@
 //! The night's results: one row per collected IP, as CSV (for people) and JSON lines (for
 //! tools), in `<results_dir>/blocklist-YYYY-MM-DD.{csv,jsonl}`, written atomically.
+//!
+//! The CSV is opened by people in spreadsheets, and its text comes from outside (ThreatBook's
+//! judgments, tags, carrier and location; device names from alert indices): a cell starting with
+//! `=`, `+`, `-`, `@` (or a tab or carriage return) would be run as a formula. Such cells are
+//! written with a leading `'` (OWASP's advice for CSV injection); the JSON lines keep the text as
+//! it is.
 
 use std::{
     net::IpAddr,
@@ -59,6 +65,16 @@ impl Row {
     }
 }
 
+/// A CSV cell a spreadsheet will not run as a formula: a leading `'` when the text starts with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return.
+pub fn neutralise(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
 /// Writes both files for `day`; returns their paths.
 pub fn write(dir: &Path, day: Date, rows: &[Row]) -> std::io::Result<(PathBuf, PathBuf)> {
     let stem = format!(
@@ -92,22 +108,25 @@ pub fn write(dir: &Path, day: Date, rows: &[Row]) -> std::io::Result<(PathBuf, P
             .unwrap_or_default()
     };
     for r in rows {
-        w.write_record([
-            r.ip.to_string(),
-            r.outcome.clone(),
-            r.is_malicious.map(|b| b.to_string()).unwrap_or_default(),
-            r.confidence_level.clone().unwrap_or_default(),
-            r.severity.clone().unwrap_or_default(),
-            r.judgments.join(";"),
-            r.tags.join(";"),
-            r.carrier.clone().unwrap_or_default(),
-            r.location.clone().unwrap_or_default(),
-            r.asn.map(|a| a.to_string()).unwrap_or_default(),
-            r.alerts.to_string(),
-            r.devices.join(";"),
-            ts(r.first_alert),
-            ts(r.last_alert),
-        ])
+        w.write_record(
+            [
+                r.ip.to_string(),
+                r.outcome.clone(),
+                r.is_malicious.map(|b| b.to_string()).unwrap_or_default(),
+                r.confidence_level.clone().unwrap_or_default(),
+                r.severity.clone().unwrap_or_default(),
+                r.judgments.join(";"),
+                r.tags.join(";"),
+                r.carrier.clone().unwrap_or_default(),
+                r.location.clone().unwrap_or_default(),
+                r.asn.map(|a| a.to_string()).unwrap_or_default(),
+                r.alerts.to_string(),
+                r.devices.join(";"),
+                ts(r.first_alert),
+                ts(r.last_alert),
+            ]
+            .map(neutralise),
+        )
         .map_err(std::io::Error::other)?;
     }
     let csv = w
@@ -122,4 +141,62 @@ pub fn write(dir: &Path, day: Date, rows: &[Row]) -> std::io::Result<(PathBuf, P
     sensor_model::files::write_atomic(&csv_path, &csv)?;
     sensor_model::files::write_atomic(&jsonl_path, &jsonl)?;
     Ok((csv_path, jsonl_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn formula_cells_are_neutralised_in_the_csv_only() {
+        for (text, want) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("+1+1", "'+1+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("C2", "C2"),
+            ("China Telecom", "China Telecom"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralise(text.to_owned()), want, "{text:?}");
+        }
+        let t = OffsetDateTime::UNIX_EPOCH;
+        let seen = SeenIp {
+            alerts: 1,
+            devices: BTreeSet::from(["=cmd|' /C calc'!A0".to_owned()]),
+            first: t,
+            last: t,
+        };
+        let verdict = IpVerdict {
+            is_malicious: true,
+            confidence_level: None,
+            severity: None,
+            judgments: vec!["=1+2".into()],
+            tags: Vec::new(),
+            carrier: Some("@evil".into()),
+            location: None,
+            asn: None,
+            asn_info: None,
+            checked: t,
+        };
+        let row = Row::new(
+            "203.0.113.9".parse().unwrap(),
+            &seen,
+            Some(&verdict),
+            "listed".into(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let day = time::macros::date!(2026 - 12 - 05);
+        let (csv_path, jsonl_path) = write(dir.path(), day, &[row]).unwrap();
+        let mut r = csv::Reader::from_path(&csv_path).unwrap();
+        let rec = r.records().next().unwrap().unwrap();
+        assert_eq!(&rec[5], "'=1+2");
+        assert_eq!(&rec[7], "'@evil");
+        assert_eq!(&rec[11], "'=cmd|' /C calc'!A0");
+        assert_eq!(&rec[0], "203.0.113.9");
+        let jsonl = std::fs::read_to_string(jsonl_path).unwrap();
+        assert!(jsonl.contains("\"=1+2\""), "{jsonl}");
+    }
 }

@@ -67,6 +67,14 @@ pub struct PolicySection {
     /// Changes of at most this many entries always pass the fraction check (so the first small
     /// lists can be published).
     pub change_floor: usize,
+    /// Evidence before an address is even looked up: at least this many alerts on the day...
+    pub min_alerts: u64,
+    /// ...from at least this many distinct alerting devices. `min_alerts = 1` with
+    /// `min_devices = 1` lists any source the intel calls malicious (what seed 003 did).
+    pub min_devices: usize,
+    /// Most addresses newly listed in one night; the rest (lowest severity and confidence
+    /// first) are held and reported for approval (`sensor blocklist run --force` lists them).
+    pub max_additions_per_night: usize,
     /// Never-block CIDRs: own offices, partners, resolvers, CDNs.
     pub allow: Vec<String>,
     /// Where the store keeps its state (`state.json`).
@@ -83,6 +91,9 @@ impl Default for PolicySection {
             max_entries: 10_000,
             max_change_fraction: 0.5,
             change_floor: 50,
+            min_alerts: 2,
+            min_devices: 1,
+            max_additions_per_night: 500,
             allow: Vec::new(),
             state_dir: PathBuf::from(sensor_model::paths::BLOCKLIST_STATE_DIR),
         }
@@ -120,6 +131,21 @@ impl PolicySection {
             return Err(invalid(
                 "blocklist.policy.max_change_fraction",
                 "must be a number above 0 (0.5 = half the previous list)",
+            ));
+        }
+        if self.min_alerts == 0 {
+            return Err(invalid("blocklist.policy.min_alerts", "must be at least 1"));
+        }
+        if self.min_devices == 0 {
+            return Err(invalid(
+                "blocklist.policy.min_devices",
+                "must be at least 1",
+            ));
+        }
+        if self.max_additions_per_night == 0 {
+            return Err(invalid(
+                "blocklist.policy.max_additions_per_night",
+                "must be at least 1",
             ));
         }
         parse_nets("blocklist.policy.allow", &self.allow)?;
@@ -200,6 +226,8 @@ pub struct Summary {
     pub below_threshold: usize,
     /// Entries dropped at `max_entries`.
     pub over_cap: usize,
+    /// New listings beyond `max_additions_per_night`, held for approval (see `Plan::held`).
+    pub held_for_approval: usize,
     /// The change check was overridden with `--force`.
     pub forced: bool,
 }
@@ -209,6 +237,8 @@ pub struct Summary {
 pub struct Plan {
     pub entries: Vec<Entry>,
     pub summary: Summary,
+    /// Addresses that qualified tonight but were over `max_additions_per_night`.
+    pub held: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -388,6 +418,34 @@ impl Store {
             }
         }
 
+        // A night that would list more new addresses than the operator allows holds the
+        // excess (lowest severity, then confidence, first) for approval; --force lists them.
+        let mut held = Vec::new();
+        let new_ips: Vec<IpAddr> = touched
+            .iter()
+            .filter(|ip| self.entries.get(ip).is_none_or(|e| e.expires <= now))
+            .copied()
+            .collect();
+        if !force && new_ips.len() > policy.max_additions_per_night {
+            let mut ranked: Vec<&Entry> = new_ips.iter().filter_map(|ip| next.get(ip)).collect();
+            ranked.sort_by(|a, b| {
+                b.severity
+                    .cmp(&a.severity)
+                    .then(b.confidence.cmp(&a.confidence))
+                    .then(a.ip.cmp(&b.ip))
+            });
+            held = ranked[policy.max_additions_per_night..]
+                .iter()
+                .map(|e| e.ip)
+                .collect();
+            for ip in &held {
+                next.remove(ip);
+                touched.remove(ip);
+                s.added -= 1;
+            }
+            s.held_for_approval = held.len();
+        }
+
         let mut entries: Vec<Entry> = next.into_values().collect();
         if entries.len() > policy.max_entries {
             entries.sort_by(|a, b| {
@@ -438,6 +496,7 @@ impl Store {
         Ok(Plan {
             entries,
             summary: s,
+            held,
         })
     }
 
@@ -512,6 +571,33 @@ mod tests {
             change_floor: 2,
             ..PolicySection::default()
         }
+    }
+
+    #[test]
+    fn new_listings_beyond_the_nightly_cap_are_held_for_approval_and_force_lists_them() {
+        let (_d, s) = store();
+        let p = PolicySection {
+            max_additions_per_night: 2,
+            change_floor: 10,
+            ..PolicySection::default()
+        };
+        let vs = [
+            bad("47.0.0.1", Severity::Low),
+            bad("47.0.0.2", Severity::Critical),
+            bad("47.0.0.3", Severity::High),
+            bad("47.0.0.4", Severity::Medium),
+        ];
+        let plan = s.plan(t0(), &vs, &never(), &p, false).unwrap();
+        let listed: Vec<String> = plan.entries.iter().map(|e| e.ip.to_string()).collect();
+        // Medium is the lowest listed severity by default, so Low is below threshold; of the
+        // three that qualify, the two most severe are listed and the third is held.
+        assert_eq!(listed, ["47.0.0.2", "47.0.0.3"]);
+        assert_eq!(plan.held, ["47.0.0.4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(plan.summary.held_for_approval, 1);
+        assert_eq!(plan.summary.added, 2);
+        let forced = s.plan(t0(), &vs, &never(), &p, true).unwrap();
+        assert_eq!(forced.entries.len(), 3);
+        assert!(forced.held.is_empty());
     }
 
     fn store() -> (tempfile::TempDir, Store) {

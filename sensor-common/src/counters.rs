@@ -64,47 +64,71 @@ counters! {
     ipv6 = Ipv6, false;
     /// Packets carrying one or two VLAN tags.
     vlan = Vlan, false;
-    /// Well-formed DNS queries (events + allowlisted + ring_full).
+    /// Well-formed DNS queries (events + their share of allowlisted and ring_full).
     dns_queries = DnsQueries, false;
     /// Queries sent to userspace through the ring buffer.
     events = Events, true;
-    /// Queries from a CLIENT_ALLOW client: no event.
+    /// Well-formed DNS responses from a DNS port (response_events + responses_off + their share
+    /// of allowlisted and ring_full).
+    dns_responses = DnsResponses, false;
+    /// Responses sent to userspace through the ring buffer.
+    response_events = ResponseEvents, true;
+    /// Responses not reported because `capture.responses` is off.
+    responses_off = ResponsesOff, true;
+    /// Reported responses with more answer records than the program walks (the rest are in the
+    /// record's message bytes, up to their room).
+    response_rr_limit = ResponseRrLimit, false;
+    /// Reported responses whose answer section ends early (a truncated message, or ANCOUNT
+    /// larger than what follows): reported with the answers before the cut.
+    response_truncated = ResponseTruncated, false;
+    /// Reported responses with a malformed answer owner name (a compression pointer that does
+    /// not point strictly backwards, a label over 63 bytes, a name over 255): reported with the
+    /// answers before it.
+    response_bad_name = ResponseBadName, false;
+    /// Queries from, or responses to, a CLIENT_ALLOW client: no event.
     allowlisted = Allowlisted, true;
     /// Packets dropped because their source is in BLOCKLIST.
     blocked = Blocked, true;
-    /// Queries lost because the ring buffer was full (userspace too slow).
+    /// Packets whose source matched a BLOCKLIST entry past its expiry: passed, not dropped.
+    block_expired = BlockExpired, false;
+    /// Queries and responses lost because the ring buffer was full (userspace too slow).
     ring_full = RingFull, true;
     /// Not IPv4 or IPv6 (ARP, LLDP, ...), or more than two VLAN tags.
     not_ip = NotIp, true;
-    /// IP packets that are not UDP/TCP to a watched DNS port (out of scope).
+    /// IP packets that are not UDP/TCP to or from a watched DNS port (out of scope).
     not_dns = NotDns, true;
-    /// Non-first IPv4 fragments and IPv6 fragments (passed untouched).
+    /// Non-first IPv4 fragments and IPv6 fragments other than atomic ones (passed untouched).
     fragment = Fragment, true;
     /// IPv6 packets with more extension headers than the program walks.
     ipv6_ext_limit = Ipv6ExtLimit, true;
-    /// TCP segments to a DNS port that do not hold the length prefix and a whole question.
+    /// TCP segments to a DNS port that do not hold the length prefix and a whole question, or
+    /// whose length prefix does not fit the segment (a message split over segments, or sent
+    /// without its prefix) or does not cover the question.
     tcp_no_question = TcpNoQuestion, true;
     /// Ethernet or VLAN header cut short.
     bad_ethernet = BadEthernet, true;
-    /// IPv4 header cut short, wrong version or IHL below 5.
+    /// IPv4 header cut short, wrong version, IHL below 5 or a total length below the header.
     bad_ipv4 = BadIpv4, true;
     /// IPv6 header or extension header cut short.
     bad_ipv6 = BadIpv6, true;
-    /// UDP or TCP header cut short, or a TCP data offset below 5.
+    /// UDP or TCP header cut short, a UDP length of 1-7, or a TCP data offset below 5.
     bad_l4 = BadL4, true;
-    /// DNS message shorter than its header and question.
+    /// DNS message shorter than its header and question: within the frame, and within the IP
+    /// and UDP lengths (bytes after them, such as Ethernet padding, are never DNS).
     dns_truncated = DnsTruncated, true;
-    /// DNS message to a DNS port with QR=1 (a response).
+    /// A response (QR=1) whose source port is not a DNS port (it was sent *to* one).
     dns_response = DnsResponse, true;
+    /// A query (QR=0) whose destination port is not a DNS port (it came *from* one).
+    dns_query_from_port = DnsQueryFromPort, true;
     /// Opcode other than QUERY (NOTIFY, UPDATE, ...).
     dns_opcode = DnsOpcode, true;
-    /// QDCOUNT other than 1.
+    /// QDCOUNT other than 1 (queries and responses).
     dns_qdcount = DnsQdcount, true;
     /// A QNAME label longer than 63 bytes (or an extended label type).
     dns_label_too_long = DnsLabelTooLong, true;
     /// A QNAME longer than 255 bytes.
     dns_name_too_long = DnsNameTooLong, true;
-    /// A compression pointer inside the QNAME of a query.
+    /// A compression pointer inside the QNAME of a question.
     dns_compression = DnsCompression, true;
 }
 

@@ -1,4 +1,5 @@
-//! The record the XDP program writes into the ring buffer for each DNS query.
+//! The record the XDP program writes into the ring buffer for each DNS query, and the 64-byte
+//! header every record starts with (a response's too, see `response`).
 
 /// Address family of the event's addresses.
 #[repr(u8)]
@@ -58,13 +59,21 @@ pub struct Event {
     pub transport: u8,
     /// Valid bytes in `qname`.
     pub qname_len: u16,
+    /// [`RECORD_QUERY`] (this record) or [`RECORD_RESPONSE`] (a response record: this header,
+    /// then `ResponseInfo` and the message, see `response`).
+    ///
+    /// [`RECORD_QUERY`]: crate::response::RECORD_QUERY
+    /// [`RECORD_RESPONSE`]: crate::response::RECORD_RESPONSE
+    pub kind: u8,
     /// Explicit padding to an 8-byte boundary; always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     pub qname: [u8; 256],
 }
 
 /// Bytes of an [`Event`] before `qname`: the part every record holds.
 pub const HEADER_LEN: usize = 64;
+/// Offset of `kind` in every record.
+pub const KIND_OFF: usize = 62;
 
 /// The shortest record that holds a QNAME of `qname_len` bytes: the header and the name,
 /// rounded up to 8 bytes (72..=320 for `qname_len` in 1..=255).
@@ -91,6 +100,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 320);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 const _: () = assert!(core::mem::offset_of!(Event, qname) == HEADER_LEN);
 const _: () = assert!(core::mem::offset_of!(Event, qname_len) == 60);
+const _: () = assert!(core::mem::offset_of!(Event, kind) == KIND_OFF);
 const _: () = assert!(record_len(crate::MAX_NAME_LEN) == core::mem::size_of::<Event>());
 const _: () = assert!(record_len(1) == 72);
 const _: () = assert!(is_record_len(SHORT_RECORD_LEN, SHORT_QNAME_LEN));

@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod event;
 pub mod maps;
+pub mod response;
 
 pub use counters::{Counter, Counters};
 pub use event::{Event, Family, Transport};
@@ -16,6 +17,7 @@ pub use maps::{
     AllowValue, BlockValue, LpmAddr, PREFIX_FILTER_WORDS, bucket_of_first_word, ipv4_mapped,
     is_ipv4_mapped, prefix_filter_bucket,
 };
+pub use response::ResponseInfo;
 
 /// Longest DNS name in wire format (RFC 1035 §2.3.4), including the root label.
 pub const MAX_NAME_LEN: usize = 255;

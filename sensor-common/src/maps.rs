@@ -18,8 +18,9 @@ pub const fn ipv4_mapped(v4: [u8; 4]) -> LpmAddr {
 pub struct BlockValue {
     /// Packets dropped because of this entry (incremented atomically by the XDP program).
     pub packets: u64,
-    /// When the entry lapses (Unix seconds, 0 = never). The kernel does not act on it;
-    /// userspace removes lapsed entries and `sensor blocklist show` prints it.
+    /// When the entry lapses (Unix seconds, 0 = never). From then on the XDP program passes
+    /// what it matches (counted as `block_expired`), whether the daemon runs or not; userspace
+    /// removes lapsed entries on its next install and `sensor blocklist show` prints it.
     pub expires_unix: u64,
 }
 

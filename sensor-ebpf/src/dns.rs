@@ -3,8 +3,11 @@
 use crate::{Outcome, cursor::Packet};
 use sensor_common::{Counter, MAX_LABEL_LEN, MAX_NAME_LEN};
 
+/// A message's question, and what the header gate learned.
 pub struct Query {
     pub id: u16,
+    /// QR=1: a response (from a DNS port).
+    pub response: bool,
     pub qtype: u16,
     pub qclass: u16,
     /// Offset of the QNAME in the packet.
@@ -15,8 +18,17 @@ pub struct Query {
 
 const HEADER_LEN: usize = 12;
 
+/// The header gate and the question of a message at `off`. `to_port`/`from_port`: the
+/// destination/source port is a watched DNS port. A query must go to one and a response must
+/// come from one.
 #[inline(always)]
-pub fn parse(pkt: &Packet, off: usize, tcp: bool) -> Result<Query, Outcome> {
+pub fn parse(
+    pkt: &Packet,
+    off: usize,
+    tcp: bool,
+    to_port: bool,
+    from_port: bool,
+) -> Result<Query, Outcome> {
     // For TCP the segment must hold the whole question; anything less is not ours to parse.
     let short = if tcp {
         Counter::TcpNoQuestion
@@ -28,8 +40,12 @@ pub fn parse(pkt: &Packet, off: usize, tcp: bool) -> Result<Query, Outcome> {
     let [id, flags, qdcount] = pkt.load::<[u16; 3]>(off).ok_or(short)?;
     let flags = flags as u8;
     let qdcount = u16::from_be(qdcount);
-    if flags & 0x80 != 0 {
+    let response = flags & 0x80 != 0;
+    if response && !from_port {
         return Err(Counter::DnsResponse);
+    }
+    if !response && !to_port {
+        return Err(Counter::DnsQueryFromPort);
     }
     if (flags >> 3) & 0x0f != 0 {
         return Err(Counter::DnsOpcode);
@@ -68,6 +84,7 @@ pub fn parse(pkt: &Packet, off: usize, tcp: bool) -> Result<Query, Outcome> {
     let q = pkt.load::<u32>(name_off + pos).ok_or(short)?;
     Ok(Query {
         id: u16::from_be(id),
+        response,
         qtype: u16::from_be(q as u16),
         qclass: u16::from_be((q >> 16) as u16),
         name_off,

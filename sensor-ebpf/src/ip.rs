@@ -25,8 +25,14 @@ pub struct L3 {
     pub proto: u8,
     /// Offset of the transport header.
     pub l4_off: usize,
-    /// Not the first fragment (IPv4) or any fragment (IPv6): no transport header to read.
+    /// Not the first fragment (IPv4) or any fragment but an atomic one (IPv6): no transport
+    /// header to read.
     pub fragment: bool,
+    /// Offset of the end of the IP datagram as its header gives it (total length, payload
+    /// length; `usize::MAX` for a jumbogram): bytes after it (Ethernet padding, trailers) are
+    /// not part of the datagram, so never DNS. A scalar, only compared, never added to the
+    /// packet pointer (the frame's own end bounds every load).
+    pub end: usize,
 }
 
 /// An IPv4 address (memory order) mapped into IPv6, as two u64 words in memory order.
@@ -76,6 +82,11 @@ pub fn parse_v4(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
         return Err(Counter::BadIpv4);
     }
     let frag = u16::from_be(pkt.load::<u16>(off + 6).ok_or(Counter::BadIpv4)?);
+    let total = u16::from_be(pkt.load::<u16>(off + 2).ok_or(Counter::BadIpv4)?) as usize;
+    // A datagram shorter than its own header is malformed.
+    if total < hlen {
+        return Err(Counter::BadIpv4);
+    }
     let proto = pkt.load::<u8>(off + 9).ok_or(Counter::BadIpv4)?;
     let src = pkt.load::<u32>(off + 12).ok_or(Counter::BadIpv4)?;
     Ok(L3 {
@@ -85,6 +96,7 @@ pub fn parse_v4(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
         proto,
         l4_off: off + hlen,
         fragment: frag & 0x1fff != 0,
+        end: off + total,
     })
 }
 
@@ -115,6 +127,13 @@ pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
     }
     let src0 = pkt.load::<u32>(off + 8).ok_or(Counter::BadIpv6)?;
     let next = pkt.load::<u8>(off + 6).ok_or(Counter::BadIpv6)?;
+    let payload = u16::from_be(pkt.load::<u16>(off + 4).ok_or(Counter::BadIpv6)?) as usize;
+    // 0 with a hop-by-hop header is a jumbogram (RFC 2675), bounded by the frame only.
+    let end = if payload == 0 && next == NEXTHDR_HOP {
+        usize::MAX
+    } else {
+        off + 40 + payload
+    };
     Ok(L3 {
         bucket: sensor_common::bucket_of_first_word(false, u32::from_be(src0), 0),
         off,
@@ -122,6 +141,7 @@ pub fn parse_v6(pkt: &Packet, off: usize) -> Result<L3, Outcome> {
         proto: next,
         l4_off: off + 40,
         fragment: false,
+        end,
     })
 }
 
@@ -142,7 +162,10 @@ pub fn walk_ext(pkt: &Packet, l3: &mut L3) -> Result<(), Outcome> {
         let e = pkt.load::<[u8; 2]>(l4_off).ok_or(Counter::BadIpv6)?;
         let len = match next {
             NEXTHDR_FRAGMENT => {
-                fragment = true;
+                // An atomic fragment (offset 0, no more fragments; RFC 6946) is a whole packet:
+                // walk on to its transport header.
+                let off_m = u16::from_be(pkt.load::<u16>(l4_off + 2).ok_or(Counter::BadIpv6)?);
+                fragment = off_m & 0xfff9 != 0;
                 8
             }
             NEXTHDR_AUTH => (e[1] as usize + 2) * 4,

@@ -1,7 +1,8 @@
 //! XDP program of the DNS sensor.
 //!
-//! Per packet: Ethernet/VLAN → IPv4/IPv6 → source in BLOCKLIST? (drop) → UDP/TCP to a DNS port →
-//! DNS header gate → QNAME walk → client in CLIENT_ALLOW? (count) → event into the ring buffer.
+//! Per packet: Ethernet/VLAN → IPv4/IPv6 → source in BLOCKLIST? (drop) → UDP/TCP to or from a
+//! DNS port → DNS header gate → QNAME walk → client in CLIENT_ALLOW? (count) → a query record
+//! into the ring buffer; or, for a response from a DNS port, the answer walk → a response record.
 //! Every path ends in exactly one outcome counter. The action is chosen in one place
 //! (`dns_sensor`): XDP_DROP for a blocklisted source, and otherwise XDP_PASS (inline mode, fail
 //! open) or XDP_DROP (mirror mode, the packet is a copy and has been read).
@@ -24,6 +25,8 @@ fn main() {
     eprintln!("sensor-ebpf is an XDP program: build it with `cargo xtask build-ebpf`");
 }
 
+#[cfg(target_arch = "bpf")]
+mod answers;
 #[cfg(target_arch = "bpf")]
 mod cursor;
 #[cfg(target_arch = "bpf")]

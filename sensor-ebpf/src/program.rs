@@ -8,17 +8,25 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     btf_maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{
+        bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_ktime_get_tai_ns,
+        bpf_xdp_load_bytes,
+    },
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use aya_log_ebpf::error;
 use sensor_common::{
     AllowValue, BLOCKLIST_CAPACITY, BlockValue, CLIENT_ALLOW_CAPACITY, Counter, Counters, Event,
-    LpmAddr, MODE_MIRROR, PREFIX_FILTER_WORDS, RING_BYTES,
+    LpmAddr, MODE_MIRROR, PREFIX_FILTER_WORDS, RING_BYTES, ResponseInfo,
     event::{HEADER_LEN, SHORT_QNAME_LEN, SHORT_RECORD_LEN},
+    response::{
+        MSG_OFF, MSG_ROOMS, RECORD_QUERY, RECORD_RESPONSE, WALK_COMPLETE, WALK_LIMIT,
+        WALK_TRUNCATED,
+    },
 };
 
-use crate::{Outcome, cursor::Packet, dns, ethernet, ip, transport};
+use crate::{Outcome, answers, cursor::Packet, dns, ethernet, ip, transport};
 
 #[btf_map]
 static EVENTS: RingBuf<Event, { RING_BYTES as usize }> = RingBuf::new();
@@ -53,8 +61,15 @@ static ALLOW_FILTER: Array<u64, { PREFIX_FILTER_WORDS as usize }> = Array::new()
 #[derive(Clone, Copy)]
 struct Scratch {
     ev: Event,
+    /// A response's [`ResponseInfo`], filled by the answer walk, copied into its record.
+    info: ResponseInfo,
     /// Offset of the DNS header in the packet.
     dns_off: u32,
+    /// Offset of the end of the DNS message (UDP length, IP length, TCP length prefix).
+    dns_end: u32,
+    /// The answer walk's position, passed through memory (see `answers::walk`).
+    walk_pos: u32,
+    /// Explicit padding; unused.
     _pad: u32,
     /// `bpf_jiffies64()` when `ev.ts_mono_ns` was last read from the coarse clock.
     clock_jiffies: u64,
@@ -75,14 +90,30 @@ const MAX_OFFSET: usize = 0x3fff;
 #[unsafe(no_mangle)]
 static PRECISE_TIMESTAMPS: u32 = 0;
 
+/// 1: report responses from a DNS port; 0: count them (`responses_off`) and send nothing.
+/// Set by the loader (`capture.responses`).
+#[unsafe(no_mangle)]
+static REPORT_RESPONSES: u32 = 1;
+
 /// `MODE_INLINE` or `MODE_MIRROR`, set by the loader in `.rodata`.
 #[unsafe(no_mangle)]
 static MODE: u32 = 0;
 
+/// CLOCK_TAI minus CLOCK_REALTIME in seconds when the program was loaded (0 unless NTP set the
+/// kernel's TAI offset, 37 since 2017 when it did). The kernel has no Unix-time helper, and a
+/// BLOCKLIST entry's expiry is Unix seconds (what `bpftool` shows and operators read), so the
+/// program takes `bpf_ktime_get_tai_ns` back to Unix time with it. It changes only at a leap
+/// second (none are scheduled, and they end by 2035): an entry would lapse at most a second
+/// late or early.
+#[unsafe(no_mangle)]
+static TAI_OFFSET_SECS: u64 = 0;
+
 #[xdp]
 pub fn dns_sensor(ctx: XdpContext) -> u32 {
     let Some(counters) = COUNTERS.get_ptr_mut(0) else {
-        // Cannot happen (slot 0 of a one-slot array always exists); fail open.
+        // Cannot happen (slot 0 of a one-slot array always exists); fail open. Logged (see
+        // `missing_slot`): only a broken map or helper gets here, no packet can bring it about.
+        missing_slot(&ctx, MissingSlot::Counters);
         return XDP_PASS;
     };
     let counters = counters.cast::<u64>();
@@ -107,6 +138,30 @@ pub fn dns_sensor(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn noop(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// A one-slot per-CPU array without its slot 0.
+#[derive(Clone, Copy)]
+enum MissingSlot {
+    Counters,
+    Scratch,
+}
+
+/// The program's only log lines (aya-log, read by the daemon's `klog`): a map lookup that
+/// cannot fail failed, so a map or helper is broken. Nothing a sender controls leads here, so it
+/// is never a per-packet line in normal operation; were a map broken for good, aya-log's own
+/// ring would fill and further records be dropped there (the packet is handled all the same).
+/// Out of line and cold, so the per-packet code is laid out as it is without the logging.
+#[cold]
+#[inline(never)]
+fn missing_slot(ctx: &XdpContext, map: MissingSlot) {
+    match map {
+        MissingSlot::Counters => error!(ctx, "COUNTERS has no slot 0: packets pass uncounted"),
+        MissingSlot::Scratch => error!(
+            ctx,
+            "SCRATCH has no slot 0: queries are counted as not_dns and make no events"
+        ),
+    }
 }
 
 #[inline(always)]
@@ -142,6 +197,24 @@ fn key_of(buf: &[u64; 3]) -> &Key<LpmAddr> {
     unsafe { &*buf.as_ptr().cast::<u8>().add(4).cast::<Key<LpmAddr>>() }
 }
 
+/// True when a BLOCKLIST entry has an expiry (non-zero) and it has passed. Only runs on a trie
+/// hit (a blocked source), so the clock read costs nothing on the query path.
+#[inline(always)]
+fn lapsed(v: &BlockValue) -> bool {
+    // SAFETY: `v` points into the trie node, valid for this run; userspace changes an entry by
+    // replacing the node (an LPM update is atomic), so the u64 is never torn. Volatile because
+    // the compiler must not assume the field is fixed across runs.
+    let expires = unsafe { core::ptr::read_volatile(&v.expires_unix) };
+    if expires == 0 {
+        return false;
+    }
+    // SAFETY: a helper without arguments (kernel 6.1+).
+    let now = unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000;
+    // SAFETY: plain read of a static; volatile because the loader rewrites it before loading.
+    let offset = unsafe { core::ptr::read_volatile(&TAI_OFFSET_SECS) };
+    now.saturating_sub(offset) >= expires
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     let pkt = Packet::new(ctx);
@@ -161,16 +234,23 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     if may_match(&BLOCK_FILTER, l3.bucket) {
         let [lo, hi] = ip::src(&pkt, &l3);
         if let Some(v) = BLOCKLIST.get(key_of(&key_buf(lo, hi))) {
-            // SAFETY: `v` points into the trie node in kernel memory, valid for this program run.
-            // Entries are shared by all CPUs, so the hit counter is only ever changed atomically
-            // (here) and read by userspace through the map API; it is never read through `v`.
-            unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                    core::ptr::from_ref(&v.packets).cast_mut(),
-                    1,
-                )
-            };
-            return Ok(Counter::Blocked);
+            if lapsed(v) {
+                // The kernel stops enforcing an entry whose lifetime has passed on its own,
+                // daemon or not; userspace removes it from the map on its next install.
+                bump(counters, Counter::BlockExpired);
+            } else {
+                // SAFETY: `v` points into the trie node in kernel memory, valid for this
+                // program run. Entries are shared by all CPUs, so the hit counter is only ever
+                // changed atomically (here) and read by userspace through the map API; it is
+                // never read through `v`.
+                unsafe {
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                        core::ptr::from_ref(&v.packets).cast_mut(),
+                        1,
+                    )
+                };
+                return Ok(Counter::Blocked);
+            }
         }
     }
     // After the blocklist: a blocklisted source is dropped whatever its extension headers.
@@ -182,6 +262,8 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     }
     let l4 = transport::parse(&pkt, &l3)?;
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        // Cannot happen either (a one-slot per-CPU array); logged like COUNTERS above.
+        missing_slot(ctx, MissingSlot::Scratch);
         return Err(Counter::NotDns);
     };
     let [src_lo, src_hi] = ip::src(&pkt, &l3);
@@ -210,6 +292,12 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         (*ev).family = l3.family;
         (*ev).transport = l4.proto;
         (*scratch).dns_off = l4.dns_off as u32;
+        // Saturated: a jumbogram's end is "the frame's".
+        (*scratch).dns_end = if l4.dns_end > u32::MAX as usize {
+            u32::MAX
+        } else {
+            l4.dns_end as u32
+        };
     }
     /// A volatile read of a field of this CPU's scratch slot.
     #[inline(always)]
@@ -226,7 +314,21 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     }
     // SAFETY: only takes the address of a field of the header in this CPU's scratch slot.
     let tcp = vol(unsafe { core::ptr::addr_of!((*ev).transport) }) == ip::IPPROTO_TCP;
-    let q = dns::parse(&pkt, dns_off & MAX_OFFSET, tcp)?;
+    let q = dns::parse(&pkt, dns_off & MAX_OFFSET, tcp, l4.to_port, l4.from_port)?;
+    // The question was inside the frame; it must be inside the message too (bytes after the
+    // UDP or IP length, or after the TCP length prefix, are not DNS).
+    // SAFETY: only takes the address of a field of this CPU's scratch slot.
+    let dns_end = vol(unsafe { core::ptr::addr_of!((*scratch).dns_end) }) as usize;
+    if q.name_off + q.name_len + 4 > dns_end {
+        return Err(if tcp {
+            Counter::TcpNoQuestion
+        } else {
+            Counter::DnsTruncated
+        });
+    }
+    if q.response {
+        return response(ctx, counters, scratch, &q);
+    }
     bump(counters, Counter::DnsQueries);
 
     // SAFETY: as above.
@@ -268,7 +370,8 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         (*ev).qtype = q.qtype;
         (*ev).qclass = q.qclass;
         (*ev).qname_len = name_len as u16;
-        (*ev)._pad = [0; 2];
+        (*ev).kind = RECORD_QUERY;
+        (*ev)._pad = 0;
     }
     // A record is only as long as its class needs (see `Event`): fewer ring cache lines for
     // nearly every name. Each class is its own reservation: the verifier wants a constant size.
@@ -277,6 +380,202 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     } else {
         emit::<Event>(ctx, ev, q.name_off)
     }
+}
+
+/// A response from a DNS port (the question checked, within the message): the client is the
+/// destination. Walks the answers into `scratch.info` and sends a response record (see
+/// `sensor_common::response`) in the smallest class that holds the message.
+#[inline(always)]
+fn response(
+    ctx: &XdpContext,
+    counters: *mut u64,
+    scratch: *mut Scratch,
+    q: &dns::Query,
+) -> Result<Outcome, Outcome> {
+    // What the question walk found goes into the record's header first, and the start of the
+    // answers into scratch: from here on nothing depends on how the name walk ended (after
+    // which of up to 127 labels), so the verifier checks the rest once, not once per name
+    // length.
+    // SAFETY: fields of this CPU's scratch slot (see `process`).
+    unsafe {
+        let ev = core::ptr::addr_of_mut!((*scratch).ev);
+        (*ev).dns_id = q.id;
+        (*ev).qtype = q.qtype;
+        (*ev).qclass = q.qclass;
+        (*ev).qname_len = (q.name_len & 0xff) as u16;
+        (*ev).kind = RECORD_RESPONSE;
+        (*ev)._pad = 0;
+        (*scratch).walk_pos = (q.name_off + (q.name_len & 0xff) + 4) as u32;
+    }
+    bump(counters, Counter::DnsResponses);
+    // SAFETY: a plain read of a static the loader sets; volatile so it is not folded.
+    if unsafe { core::ptr::read_volatile(&REPORT_RESPONSES) } == 0 {
+        return Ok(Counter::ResponsesOff);
+    }
+    /// A volatile read of a field of this CPU's scratch slot.
+    #[inline(always)]
+    fn vol<T: Copy>(p: *const T) -> T {
+        // SAFETY: every caller passes a field of this CPU's scratch slot, written by `process`.
+        unsafe { core::ptr::read_volatile(p) }
+    }
+    // SAFETY: only takes addresses of fields of this CPU's scratch slot (valid for the run).
+    let (ev, info) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*scratch).ev),
+            core::ptr::addr_of_mut!((*scratch).info),
+        )
+    };
+    // SAFETY: words 4 and 5 of the header (the destination address, written by `process`) are
+    // inside the 8-byte aligned record.
+    let (dst_lo, dst_hi, family) = unsafe {
+        let words = ev.cast::<u64>();
+        (
+            vol(words.add(4)),
+            vol(words.add(5)),
+            vol(core::ptr::addr_of!((*ev).family)),
+        )
+    };
+    let bucket = sensor_common::bucket_of_first_word(
+        family == 4,
+        u32::from_be(dst_lo as u32),
+        u32::from_be((dst_hi >> 32) as u32),
+    );
+    if may_match(&ALLOW_FILTER, bucket)
+        && let Some(v) = CLIENT_ALLOW.get(key_of(&key_buf(dst_lo, dst_hi)))
+    {
+        // SAFETY: as for the queries in `process`: shared kernel memory, changed atomically.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                core::ptr::from_ref(&v.queries).cast_mut(),
+                1,
+            )
+        };
+        return Ok(Counter::Allowlisted);
+    }
+    // SAFETY: fields of this CPU's scratch slot (see `process`).
+    let dns_off = vol(unsafe { core::ptr::addr_of!((*scratch).dns_off) }) as usize & MAX_OFFSET;
+    // SAFETY: as above.
+    let dns_end = vol(unsafe { core::ptr::addr_of!((*scratch).dns_end) }) as usize;
+    let pkt = Packet::opaque(ctx);
+    // The message ends at its length or at the frame's end, whichever comes first.
+    let frame_len = ctx.data_end() - ctx.data();
+    let end = if dns_end < frame_len {
+        dns_end
+    } else {
+        frame_len
+    };
+    let msg_len = end.saturating_sub(dns_off);
+    // Flags, QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT: inside the packet (the question follows).
+    let Some(h) = pkt.load::<[u16; 5]>(dns_off + 2) else {
+        return Err(Counter::DnsTruncated);
+    };
+    // SAFETY: a field of this CPU's scratch slot, written above.
+    let start = vol(unsafe { core::ptr::addr_of!((*scratch).walk_pos) }) as usize & MAX_OFFSET;
+    // SAFETY: `ev` and `info` are in this CPU's scratch slot (see `process`).
+    unsafe {
+        if core::ptr::read_volatile(&PRECISE_TIMESTAMPS) != 0 {
+            (*ev).ts_mono_ns = bpf_ktime_get_ns();
+        } else {
+            coarse_ns(scratch);
+        }
+        (*info).flags = u16::from_be(h[0]);
+        (*info).ancount = u16::from_be(h[2]);
+        (*info).nscount = u16::from_be(h[3]);
+        (*info).arcount = u16::from_be(h[4]);
+        (*info).msg_len = if msg_len > 0xffff {
+            0xffff
+        } else {
+            msg_len as u16
+        };
+        (*info)._pad = [0; 15];
+        answers::walk(
+            &pkt,
+            info,
+            core::ptr::addr_of_mut!((*scratch).walk_pos),
+            dns_off,
+            end,
+            start,
+            u16::from_be(h[2]),
+        );
+        match core::ptr::read_volatile(&(*info).walk) {
+            WALK_COMPLETE => {}
+            WALK_LIMIT => bump(counters, Counter::ResponseRrLimit),
+            WALK_TRUNCATED => bump(counters, Counter::ResponseTruncated),
+            _ => bump(counters, Counter::ResponseBadName),
+        }
+    }
+    if msg_len <= MSG_ROOMS[0] {
+        emit_response::<ResponseRecord0>(ctx, scratch, dns_off, msg_len)
+    } else if msg_len <= MSG_ROOMS[1] {
+        emit_response::<ResponseRecord1>(ctx, scratch, dns_off, msg_len)
+    } else {
+        emit_response::<ResponseRecord2>(ctx, scratch, dns_off, msg_len)
+    }
+}
+
+/// The three response record classes (see `sensor_common::response::MSG_ROOMS`).
+type ResponseRecord0 = [u64; (MSG_OFF + MSG_ROOMS[0]) / 8];
+type ResponseRecord1 = [u64; (MSG_OFF + MSG_ROOMS[1]) / 8];
+type ResponseRecord2 = [u64; (MSG_OFF + MSG_ROOMS[2]) / 8];
+
+/// Reserves a response record of type `R` (its message room is `size_of::<R>() - MSG_OFF`,
+/// a power of two), fills it with the header and info from `scratch` and the first
+/// `min(msg_len, room)` bytes of the message at `dns_off`, and submits it.
+#[inline(always)]
+fn emit_response<R: 'static>(
+    ctx: &XdpContext,
+    scratch: *mut Scratch,
+    dns_off: usize,
+    msg_len: usize,
+) -> Result<Outcome, Outcome> {
+    let room = core::mem::size_of::<R>() - MSG_OFF;
+    const { assert!((core::mem::size_of::<R>() - MSG_OFF).is_power_of_two()) };
+    let copied = if msg_len < room { msg_len } else { room };
+    // SAFETY: a field of this CPU's scratch slot (see `process`).
+    unsafe { (*scratch).info.copied = copied as u16 };
+    // Read back and bounded for the verifier: the helper's length must be provably at most the
+    // room and above zero (the question alone is 17 bytes, so it always is).
+    // SAFETY: as above.
+    let len = usize::from(unsafe { core::ptr::read_volatile(&(*scratch).info.copied) });
+    if len == 0 || len > room {
+        return Err(Counter::DnsTruncated);
+    }
+    let Some(mut entry) = EVENTS.reserve_untyped::<R>(0) else {
+        return Err(Counter::RingFull);
+    };
+    let rec = entry.as_mut_ptr().cast::<u64>();
+    // SAFETY: `rec` is a reserved, exclusively owned, 8-byte aligned record of size_of::<R>()
+    // = MSG_OFF + room bytes; the header (HEADER_LEN bytes) and the info (MSG_OFF - HEADER_LEN)
+    // are read with volatile loads from this CPU's scratch slot and written as u64 words below
+    // MSG_OFF; the helper writes `len <= room` bytes at MSG_OFF.
+    let loaded = unsafe {
+        let head = core::ptr::addr_of!((*scratch).ev).cast::<u64>();
+        let mut i = 0;
+        while i < HEADER_LEN / 8 {
+            rec.add(i).write(core::ptr::read_volatile(head.add(i)));
+            i += 1;
+        }
+        let info = core::ptr::addr_of!((*scratch).info).cast::<u64>();
+        let mut j = 0;
+        while j < (MSG_OFF - HEADER_LEN) / 8 {
+            rec.add(HEADER_LEN / 8 + j)
+                .write(core::ptr::read_volatile(info.add(j)));
+            j += 1;
+        }
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            dns_off as u32,
+            rec.cast::<u8>().add(MSG_OFF).cast(),
+            len as u32,
+        )
+    };
+    if loaded != 0 {
+        // Cannot happen (the bytes were read above); never send a record without its bytes.
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return Err(Counter::DnsTruncated);
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    Ok(Counter::ResponseEvents)
 }
 
 /// A short record (see `Event`): the header and up to `SHORT_QNAME_LEN` name bytes.

@@ -1,4 +1,4 @@
-//! UDP and TCP to a watched DNS port.
+//! UDP and TCP to or from a watched DNS port.
 
 use sensor_common::{Counter, MAX_DNS_PORTS};
 
@@ -8,16 +8,24 @@ use crate::{
     ip::{IPPROTO_TCP, IPPROTO_UDP, L3},
 };
 
-/// Ports watched for DNS queries, set by the loader (`.rodata`, frozen, so the verifier sees
-/// constants). Unused slots are 0, which no valid destination port can match.
+/// Ports watched for DNS (queries go to them, responses come from them), set by the loader
+/// (`.rodata`, frozen, so the verifier sees constants). Unused slots are 0, and the scan stops
+/// at the first 0, so port 0 never matches.
 #[unsafe(no_mangle)]
 static DNS_PORTS: [u16; MAX_DNS_PORTS] = [53, 0, 0, 0, 0, 0, 0, 0];
 
 pub struct L4 {
     /// Source and destination port as loaded (network order, source first in memory).
     pub ports: u32,
+    /// The destination port is a watched DNS port (a query's way).
+    pub to_port: bool,
+    /// The source port is a watched DNS port (a response's way).
+    pub from_port: bool,
     /// Offset of the DNS header (after TCP's two-byte length prefix).
     pub dns_off: usize,
+    /// Offset of the end of the DNS message: the UDP length and the IP datagram's end for UDP,
+    /// the length prefix for TCP. Nothing past it is parsed as DNS.
+    pub dns_end: usize,
     /// IP protocol number.
     pub proto: u8,
 }
@@ -50,15 +58,28 @@ pub fn parse(pkt: &Packet, l3: &L3) -> Result<L4, Outcome> {
     if pkt.at::<8>(l3.l4_off).is_none() || (hlen == 20 && pkt.at::<20>(l3.l4_off).is_none()) {
         return Err(Counter::BadL4);
     }
-    let ports = pkt.load::<u32>(l3.l4_off).ok_or(Counter::BadL4)?;
-    let dst_port = u16::from_be((ports >> 16) as u16);
-    if !watched(dst_port) {
+    // The first eight bytes in one load: the ports, and for UDP its length (a separate load of
+    // the length would be a check LLVM drops as implied, and the verifier then refuses).
+    let head = pkt.load::<u64>(l3.l4_off).ok_or(Counter::BadL4)?;
+    let ports = head as u32;
+    let to_port = watched(u16::from_be((ports >> 16) as u16));
+    let from_port = watched(u16::from_be(ports as u16));
+    if !to_port && !from_port {
         return Err(Counter::NotDns);
     }
     if l3.proto == IPPROTO_UDP {
+        let len = u16::from_be((head >> 32) as u16) as usize;
+        // 0 is a UDP jumbogram's (RFC 2675): the IP datagram bounds it.
+        let udp_end = if len == 0 { l3.end } else { l3.l4_off + len };
+        if len != 0 && len < 8 {
+            return Err(Counter::BadL4);
+        }
         return Ok(L4 {
             ports,
+            to_port,
+            from_port,
             dns_off: l3.l4_off + 8,
+            dns_end: if udp_end < l3.end { udp_end } else { l3.end },
             proto: IPPROTO_UDP,
         });
     }
@@ -75,9 +96,21 @@ pub fn parse(pkt: &Packet, l3: &L3) -> Result<L4, Outcome> {
     if pkt.at::<14>(payload).is_none() {
         return Err(Counter::TcpNoQuestion);
     }
+    // The length prefix must fit in what the segment carries: a prefix sent in a segment of
+    // its own leaves the next segment starting with the DNS ID, which read as a length almost
+    // never fits what follows (and a question that still does not fit in it is refused by the
+    // DNS stage). Several messages may follow one another; this reports the first.
+    let len = u16::from_be(pkt.load::<u16>(payload).ok_or(Counter::TcpNoQuestion)?) as usize;
+    let dns_end = payload + 2 + len;
+    if dns_end > l3.end {
+        return Err(Counter::TcpNoQuestion);
+    }
     Ok(L4 {
         ports,
+        to_port,
+        from_port,
         dns_off: payload + 2,
+        dns_end,
         proto: IPPROTO_TCP,
     })
 }

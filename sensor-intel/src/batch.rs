@@ -17,7 +17,9 @@ pub struct Limits {
     /// Requests started per second (a token bucket with a burst of one second's worth).
     pub requests_per_second: f64,
     /// Requests per day; 0 means no limit. Counted from the sensor's start (a restart starts
-    /// counting again; the provider's own quota answer then opens the breaker).
+    /// counting again; the provider's own quota answer then opens the breaker). Default 10000:
+    /// stated rather than unlimited, so the per-client budget (`[intel.egress]`) has a quota to
+    /// be a share of; set it to the quota of your ThreatBook contract.
     pub daily_quota: u64,
     /// The provider's time zone as hours east of UTC: its day, and so its quota, turns at its
     /// midnight (ThreatBook: China Standard Time, +8).
@@ -39,7 +41,7 @@ impl Default for Limits {
             batch_window_ms: 20,
             max_concurrency: 4,
             requests_per_second: 5.0,
-            daily_quota: 0,
+            daily_quota: 10_000,
             quota_utc_offset_hours: 8,
             timeout_ms: 5_000,
             breaker_failures: 5,

@@ -86,7 +86,7 @@ impl moka::Expiry<Arc<str>, Arc<Assessment>> for Lifetimes {
         Some(match value.verdict {
             Verdict::Malicious => self.malicious,
             Verdict::Clean | Verdict::Trusted => self.clean,
-            Verdict::Unknown => self.unknown,
+            Verdict::Unknown | Verdict::NotLookedUp => self.unknown,
         })
     }
 
@@ -122,6 +122,8 @@ impl Source {
 pub struct VerdictCache {
     cache: moka::future::Cache<Arc<str>, Arc<Assessment>>,
     sources: Arc<[Source]>,
+    /// The local sources alone, for names that must not leave the building.
+    local: Arc<[Source]>,
     counters: Arc<CacheCounters>,
 }
 
@@ -135,9 +137,15 @@ impl VerdictCache {
                 unknown: Duration::from_secs(cfg.unknown_ttl_secs),
             })
             .build();
+        let local: Vec<Source> = sources
+            .iter()
+            .filter(|s| matches!(s, Source::Local(_)))
+            .cloned()
+            .collect();
         Self {
             cache,
             sources: sources.into(),
+            local: local.into(),
             counters: Arc::default(),
         }
     }
@@ -175,12 +183,22 @@ impl VerdictCache {
                 match a.verdict {
                     Verdict::Malicious => &counters.malicious,
                     Verdict::Clean | Verdict::Trusted => &counters.clean,
-                    Verdict::Unknown => &counters.unknown,
+                    Verdict::Unknown | Verdict::NotLookedUp => &counters.unknown,
                 }
                 .fetch_add(1, Ordering::Relaxed);
                 a
             })
             .await
+    }
+
+    /// What the local feeds say about `name`, without asking any remote provider and without
+    /// caching: for names that must not leave the building. `Some` when a feed lists it.
+    pub async fn lookup_local(&self, name: &str) -> Option<Assessment> {
+        if self.local.is_empty() {
+            return None;
+        }
+        let a = assess(&self.local, &Arc::from(name)).await;
+        (a.verdict == Verdict::Malicious).then_some(a)
     }
 
     /// Looks `name` up again now, replacing what is cached (a re-check of an unknown verdict).

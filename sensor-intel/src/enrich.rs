@@ -30,6 +30,7 @@ use sensor_model::{
 
 use crate::{
     cache::{Source, VerdictCache},
+    egress::{Egress, Skip},
     feeds::LocalFeeds,
     trust::TrustFilter,
 };
@@ -144,6 +145,8 @@ pub struct Enricher {
     /// Local IP feeds, matched against each query's destination: a client asking a listed
     /// server (a rogue resolver, a DNS tunnel endpoint) is malicious whatever the name.
     pub ip_feeds: Option<Arc<LocalFeeds>>,
+    /// What may be sent to remote providers (`[intel.egress]`); `None`: everything.
+    pub egress: Option<Arc<Egress>>,
     pub hits: Option<Arc<dyn HitSink>>,
     pub counters: Arc<EnrichCounters>,
 }
@@ -225,8 +228,26 @@ impl Enricher {
             );
             return;
         };
+        // Special-use and internal names never leave the building: only the local feeds see them.
+        if let Some(egress) = &self.egress
+            && let Some(skip) = egress.zones.check(&q.name)
+        {
+            self.not_sent(st, q, skip, egress, verdicts, tx).await;
+            return;
+        }
         if let Some(a) = verdicts.get(&q.name).await {
             self.verdict(st, q, a, tx);
+            return;
+        }
+        // A new name costs provider quota: charged to the client that asked, unless a lookup
+        // for it is already on its way (then nothing more is sent).
+        if let Some(egress) = &self.egress
+            && !st.waiting.contains_key(q.name.as_str())
+            && let Err(skip) = egress
+                .budget
+                .take(q.src, OffsetDateTime::now_utc().unix_timestamp())
+        {
+            self.not_sent(st, q, skip, egress, verdicts, tx).await;
             return;
         }
         if st.pending_events >= self.settings.max_pending_events {
@@ -250,6 +271,26 @@ impl Enricher {
                 self.start_lookup(st, name, done_tx);
             }
         }
+    }
+
+    /// An event whose name is not sent to remote providers: counted by reason, and sent on with
+    /// what the local feeds say (malicious) or `not_looked_up`. Never deferred: a re-check
+    /// would send it after all.
+    async fn not_sent(
+        &self,
+        st: &mut State,
+        q: Query,
+        skip: Skip,
+        egress: &Egress,
+        verdicts: &VerdictCache,
+        tx: &mpsc::Sender<Enriched>,
+    ) {
+        egress.counters.count(skip);
+        let a = match verdicts.lookup_local(&q.name).await {
+            Some(a) => Arc::new(a),
+            None => egress.assessment(skip),
+        };
+        self.verdict(st, q, a, tx);
     }
 
     /// One task per name: the lookup, with the wait bound; the verdict is still delivered
@@ -321,12 +362,25 @@ impl Enricher {
     fn verdict(
         &self,
         st: &mut State,
-        q: Query,
+        mut q: Query,
         mut a: Arc<Assessment>,
         tx: &mpsc::Sender<Enriched>,
     ) {
+        // An answer: the address it resolved to may be on an IP feed even when the name is
+        // not; that is a detection of its own (the query said nothing).
+        let mut answer_listed = false;
         if let Some(feeds) = &self.ip_feeds {
-            let listed = feeds.match_ip(q.dst);
+            let mut listed = feeds.match_ip(q.dst);
+            if let Some(ans) = &q.answer {
+                for ip in ans.resolved_ips() {
+                    let hits = feeds.match_ip(ip);
+                    answer_listed |= !hits.is_empty();
+                    listed.extend(hits);
+                }
+            }
+            if answer_listed && let Some(ans) = q.answer.as_mut() {
+                ans.detected = true;
+            }
             if !listed.is_empty() {
                 let mut combined = (*a).clone();
                 combined.verdict = Verdict::Malicious;
@@ -338,16 +392,24 @@ impl Enricher {
             Verdict::Malicious => {
                 let seen = wall(&st.clock, q.ts_mono_ns);
                 self.resolve_deferred(st, &q.name, &a);
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                if let Some(h) = &self.hits {
-                    h.hit(q.src, &q.name, q.qtype, &a, seen, seen, 1);
+                // The query already alerted for its name and server; an answer alerts only
+                // for what it adds (an address on an IP feed).
+                if q.answer.is_none() || answer_listed {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = &self.hits {
+                        h.hit(q.src, &q.name, q.qtype, &a, seen, seen, 1);
+                    }
                 }
             }
+            // The query is the one deferred for a late verdict, not its answer.
+            Verdict::Unknown if q.answer.is_some() => {}
             Verdict::Unknown => {
                 let seen = wall(&st.clock, q.ts_mono_ns);
                 self.defer(st, &q, seen)
             }
             Verdict::Clean | Verdict::Trusted => self.resolve_deferred(st, &q.name, &a),
+            // Not looked up: says nothing about names deferred for other clients.
+            Verdict::NotLookedUp => {}
         }
         self.emit(
             tx,
@@ -398,7 +460,7 @@ impl Enricher {
     /// A verdict for a deferred name: a malicious one alerts for every client that asked.
     fn resolve_deferred(&self, st: &mut State, name: &str, a: &Arc<Assessment>) {
         // Nearly always nothing is deferred: skip hashing the name on the hot path.
-        if a.verdict == Verdict::Unknown || st.deferred.is_empty() {
+        if matches!(a.verdict, Verdict::Unknown | Verdict::NotLookedUp) || st.deferred.is_empty() {
             return;
         }
         let Some(clients) = st.deferred.remove(name) else {

@@ -21,6 +21,7 @@ use crate::enrich::{EnrichSettings, TrustedEvents};
 pub mod batch;
 pub mod cache;
 pub mod domainset;
+pub mod egress;
 pub mod enrich;
 pub mod feeds;
 pub mod inventory;
@@ -52,6 +53,9 @@ pub struct IntelSection {
     pub threatbook: Option<threatbook::ThreatBookSection>,
     /// `[[intel.feeds]]`: local lists of malicious domains or IPs.
     pub feeds: Vec<feeds::FeedConfig>,
+    /// `[intel.egress]`: names never sent to a remote provider, and each client's daily budget
+    /// of new names.
+    pub egress: egress::EgressSection,
 }
 
 impl Default for IntelSection {
@@ -65,6 +69,7 @@ impl Default for IntelSection {
             cache: cache::CacheSection::default(),
             threatbook: None,
             feeds: Vec::new(),
+            egress: egress::EgressSection::default(),
         }
     }
 }
@@ -109,6 +114,7 @@ impl IntelSection {
         if let Some(tb) = &self.threatbook {
             tb.validate()?;
         }
+        self.egress.validate()?;
         feeds::validate(&self.feeds)
     }
 }

@@ -11,6 +11,7 @@ use crate::{
     IntelSection,
     batch::Batcher,
     cache::{Source, VerdictCache},
+    egress::Egress,
     feeds::{FeedKind, FeedsError, LocalFeeds},
     threatbook::ThreatBook,
     trust::{TrustError, TrustFilter, TrustSection},
@@ -33,6 +34,8 @@ pub struct Intel {
     pub verdicts: Option<Arc<VerdictCache>>,
     /// The local feeds, when one of them lists IPs (matched against query destinations).
     pub ip_feeds: Option<Arc<LocalFeeds>>,
+    /// What may leave for remote providers; `None` when no provider is configured.
+    pub egress: Option<Arc<Egress>>,
     pub reloaders: Vec<Arc<dyn Reload>>,
 }
 
@@ -52,6 +55,7 @@ pub fn build(trust: &TrustSection, intel: &IntelSection) -> Result<Intel, SetupE
             trust,
             verdicts: None,
             ip_feeds: None,
+            egress: None,
             reloaders,
         });
     }
@@ -70,6 +74,10 @@ pub fn build(trust: &TrustSection, intel: &IntelSection) -> Result<Intel, SetupE
             tb.limits.clone(),
         )));
     }
+    let (quota, offset) = intel.threatbook.as_ref().map_or((0, 8), |tb| {
+        (tb.limits.daily_quota, tb.limits.quota_utc_offset_hours)
+    });
+    let egress = Arc::new(Egress::new(&intel.egress, quota, offset)?);
     let verdicts = Arc::new(VerdictCache::new(&intel.cache, sources));
     // A changed feed changes verdicts: forget the cached ones when it reloads.
     reloaders.extend(feeds.reloaders().into_iter().map(|inner| {
@@ -82,6 +90,7 @@ pub fn build(trust: &TrustSection, intel: &IntelSection) -> Result<Intel, SetupE
         trust,
         verdicts: Some(verdicts),
         ip_feeds,
+        egress: Some(egress),
         reloaders,
     })
 }

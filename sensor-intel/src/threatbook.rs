@@ -94,9 +94,14 @@ impl Lang {
 #[serde(deny_unknown_fields, default)]
 pub struct ThreatBookSection {
     /// API root; `/v3/scene/...` is appended. `https` is required except for a loopback host
-    /// (tests, a local forwarding proxy), because the API key travels in the query string.
+    /// (tests, a local forwarding proxy) or with `allow_insecure_http`, because the API key
+    /// travels in the query string.
     pub base_url: String,
-    /// Where the API key comes from: `{ env = "VAR" }` or `{ file = "/path" }`.
+    /// Accept a plain `http://` `base_url` on a non-loopback host (the key then crosses the
+    /// network in clear). Default false.
+    pub allow_insecure_http: bool,
+    /// Where the API key comes from: `{ file = "/path" }` (default: the `LoadCredential=` file
+    /// `/run/credentials/dns-sensor.service/secret_threatbook_key`) or `{ env = "VAR" }`.
     pub api_key: SecretSource,
     /// Language of judgments and tags in answers: `en` or `zh`.
     pub lang: Lang,
@@ -109,9 +114,12 @@ impl Default for ThreatBookSection {
     fn default() -> Self {
         Self {
             base_url: "https://api.threatbook.cn".into(),
+            allow_insecure_http: false,
+            // The credential the packaged unit hands over (LoadCredential=): a file readable by
+            // the service alone, rather than the environment.
             api_key: SecretSource {
-                env: Some("THREATBOOK_API_KEY".into()),
-                file: None,
+                env: None,
+                file: Some("/run/credentials/dns-sensor.service/secret_threatbook_key".into()),
             },
             lang: Lang::En,
             limits: Limits::default(),
@@ -177,25 +185,11 @@ impl ThreatBookSection {
             key: "intel.threatbook.base_url",
             message,
         };
-        let mut url = Url::parse(&self.base_url)
-            .map_err(|e| invalid(format!("`{}` is not a URL: {e}", self.base_url)))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&url) => {}
-            "http" => {
-                return Err(invalid(
-                    "plain http is only allowed to a loopback host: the API key is in the query string"
-                        .into(),
-                ));
-            }
-            other => return Err(invalid(format!("scheme `{other}` is not http(s)"))),
-        }
-        if url.host().is_none() {
-            return Err(invalid("no host".into()));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(invalid("must not hold credentials".into()));
-        }
+        let mut url = http::check_url(
+            "intel.threatbook.base_url",
+            &self.base_url,
+            self.allow_insecure_http,
+        )?;
         if url.query().is_some() || url.fragment().is_some() {
             return Err(invalid("must not have a query or fragment".into()));
         }
@@ -205,16 +199,6 @@ impl ThreatBookSection {
         }
         Ok(url)
     }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    // IPv6 hosts come bracketed.
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The ThreatBook provider. One HTTP client (one connection pool) for all calls.
@@ -586,12 +570,10 @@ fn protocol(message: impl Into<String>) -> LookupError {
     }
 }
 
+/// The provider's message, cut and made inert for logs, errors and alert messages (it is text
+/// a proxy in between could choose).
 fn short(msg: &str) -> String {
-    let mut s: String = msg.chars().take(MAX_MESSAGE_CHARS).collect();
-    if s.len() < msg.len() {
-        s.push('…');
-    }
-    s
+    sensor_model::text::one_line(msg, MAX_MESSAGE_CHARS)
 }
 
 /// Decides from `response_code` (not the HTTP status) when the body is a ThreatBook envelope;
@@ -612,7 +594,10 @@ pub fn classify(status: StatusCode, body: &[u8]) -> Result<Data, LookupError> {
                     message: format!("HTTP {status}"),
                 }
             } else {
-                protocol(format!("HTTP {status}, not a ThreatBook answer: {err}"))
+                protocol(format!(
+                    "HTTP {status}, not a ThreatBook answer: {}",
+                    short(&err.to_string())
+                ))
             });
         }
     };
@@ -1055,6 +1040,20 @@ mod tests {
             s.base_url = good.into();
             assert!(s.validate().is_ok(), "{good}");
         }
+        // Plain http to a real host only when the operator says so, in one line naming the key.
+        let mut s = section();
+        s.base_url = "http://tb-proxy.corp:8080".into();
+        let Err(err) = s.validate() else {
+            panic!("plain http accepted")
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("`intel.threatbook.base_url`") && err.contains("allow_insecure_http"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        s.allow_insecure_http = true;
+        assert!(s.validate().is_ok());
     }
 
     #[test]

@@ -49,8 +49,14 @@ pub struct CaptureSection {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpAttachMode,
     pub mode: CaptureMode,
-    /// UDP and TCP destination ports carrying DNS queries (at most 8).
+    /// UDP and TCP ports of DNS servers (at most 8): queries go to them, responses come from
+    /// them.
     pub dns_ports: Vec<u16>,
+    /// Report the responses from the DNS ports (answers, response codes, response times).
+    /// Off: they are counted (`responses_off`) and nothing else.
+    pub responses: bool,
+    /// How long a query waits for its response before it is counted unanswered (seconds).
+    pub response_timeout_secs: u64,
     /// Nanosecond event timestamps (`bpf_ktime_get_ns`) instead of the coarse clock (one
     /// scheduler tick). Costs a clock read per event, expensive on some virtual machines.
     pub precise_timestamps: bool,
@@ -66,6 +72,8 @@ impl Default for CaptureSection {
             mode: CaptureMode::Inline,
             dns_ports: vec![53],
             precise_timestamps: false,
+            responses: true,
+            response_timeout_secs: 5,
             on_crash: OnCrash::FailOpen,
         }
     }
@@ -77,4 +85,7 @@ impl Default for CaptureSection {
 pub struct FilterSection {
     /// Clients (IPs or CIDRs) whose queries make no event (resolvers, known servers).
     pub client_allow: Vec<String>,
+    /// The widest prefix `client_allow` may hold (`{ v4 = 16, v6 = 32 }`): a wide allow entry
+    /// hides every client in it, the infected laptop included.
+    pub widest_prefix: sensor_model::error::PrefixRails,
 }

@@ -1,16 +1,77 @@
-//! Turns a ring-buffer record into an [`Event`]; [`Query::from_event`] makes it owned.
+//! Turns a ring-buffer record into a [`Record`]: a query's [`Event`], or a response's header,
+//! info and message bytes. [`Query::from_event`] and [`Response::from_parts`] make them owned.
 //!
 //! [`Query::from_event`]: sensor_model::query::Query::from_event
+//! [`Response::from_parts`]: sensor_model::response::Response::from_parts
 
 use std::mem::{MaybeUninit, offset_of};
 
 use sensor_common::{
-    Event,
-    event::{is_record_len, record_len},
+    Event, ResponseInfo,
+    event::{HEADER_LEN, KIND_OFF, is_record_len, record_len},
+    response::{INFO_OFF, MSG_OFF, RECORD_QUERY, RECORD_RESPONSE, is_response_len},
 };
 use sensor_model::query::DecodeError;
 
-/// Reads a raw ring-buffer record: the first bytes of an [`Event`], as long as its QNAME needs
+/// One ring-buffer record.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Query(Event),
+    Response {
+        /// The 64-byte header (its `qname` is not filled: the name is in `msg`). Boxed: a
+        /// response is the larger variant, and queries are the common record.
+        head: Box<Event>,
+        info: ResponseInfo,
+        /// The `info.copied` message bytes.
+        msg: Vec<u8>,
+    },
+}
+
+/// Reads a raw ring-buffer record by its `kind`. A record that breaks its kind's length rule
+/// is an error, never a panic.
+pub fn any(bytes: &[u8]) -> Result<Record, DecodeError> {
+    match bytes.get(KIND_OFF) {
+        Some(&RECORD_QUERY) | None => record(bytes).map(Record::Query),
+        Some(&RECORD_RESPONSE) => response(bytes),
+        Some(&k) => Err(DecodeError::Kind(k)),
+    }
+}
+
+/// Reads a response record: header, [`ResponseInfo`], then `copied` message bytes.
+fn response(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let len = bytes.len();
+    if len < MSG_OFF {
+        return Err(DecodeError::ResponseSize { len, copied: 0 });
+    }
+    let at = INFO_OFF + offset_of!(ResponseInfo, copied);
+    let copied = u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+    if !is_response_len(len, usize::from(copied)) {
+        return Err(DecodeError::ResponseSize { len, copied });
+    }
+    let mut head = MaybeUninit::<Event>::zeroed();
+    let mut info = MaybeUninit::<ResponseInfo>::zeroed();
+    // SAFETY: the record holds at least MSG_OFF bytes (checked): HEADER_LEN bytes of header
+    // copied into the start of a zeroed Event (larger), and the ResponseInfo's bytes (MSG_OFF -
+    // INFO_OFF, its size) into a ResponseInfo. Both are Pod (integers and byte arrays), so the
+    // results are valid values; sources and destinations are distinct.
+    let (head, info) = unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), head.as_mut_ptr().cast::<u8>(), HEADER_LEN);
+        std::ptr::copy_nonoverlapping(
+            bytes[INFO_OFF..].as_ptr(),
+            info.as_mut_ptr().cast::<u8>(),
+            size_of::<ResponseInfo>(),
+        );
+        (head.assume_init(), info.assume_init())
+    };
+    let msg = bytes[MSG_OFF..MSG_OFF + usize::from(copied)].to_vec();
+    Ok(Record::Response {
+        head: Box::new(head),
+        info,
+        msg,
+    })
+}
+
+/// Reads a raw query record: the first bytes of an [`Event`], as long as its QNAME needs
 /// (the variable-length rule in `sensor_common::event`). The bytes the record does not carry
 /// read as zero. A record that breaks the rule is an error, never a panic.
 pub fn record(bytes: &[u8]) -> Result<Event, DecodeError> {

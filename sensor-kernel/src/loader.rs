@@ -30,7 +30,9 @@ use crate::lists::{PrefixError, PrefixMap};
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
-/// Every map the program has, in the order they are pinned.
+/// Every map the sensor's program declares, in the order they are pinned. Not here, and never
+/// pinned: the object's global-data sections and aya-log's ring buffer ([`crate::klog::LOG_MAP`]),
+/// which only this process's [`crate::klog::KernelLog`] reads.
 pub const ALL_MAPS: [&str; 7] = [
     map_names::EVENTS,
     map_names::COUNTERS,
@@ -79,6 +81,8 @@ pub struct ProgramSettings {
     pub mode: CaptureMode,
     pub dns_ports: Vec<u16>,
     pub precise_timestamps: bool,
+    /// Report responses from the DNS ports (else count them as `responses_off`).
+    pub responses: bool,
 }
 
 impl ProgramSettings {
@@ -87,6 +91,7 @@ impl ProgramSettings {
             mode: c.mode,
             dns_ports: c.dns_ports.clone(),
             precise_timestamps: c.precise_timestamps,
+            responses: c.responses,
         }
     }
 }
@@ -97,6 +102,7 @@ impl Default for ProgramSettings {
             mode: CaptureMode::Inline,
             dns_ports: vec![53],
             precise_timestamps: false,
+            responses: true,
         }
     }
 }
@@ -131,11 +137,15 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
         None => Vec::new(),
     };
     let precise = u32::from(settings.precise_timestamps);
+    let tai_offset = tai_offset_secs();
+    let responses = u32::from(settings.responses);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("MODE", &mode, true)
         .override_global("DNS_PORTS", &ports, true)
-        .override_global("PRECISE_TIMESTAMPS", &precise, true);
+        .override_global("PRECISE_TIMESTAMPS", &precise, true)
+        .override_global("REPORT_RESPONSES", &responses, true)
+        .override_global("TAI_OFFSET_SECS", &tai_offset, true);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -143,6 +153,22 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
     let prog: &mut Xdp = program(&mut ebpf);
     prog.load().map_err(classify_load_error)?;
     Ok(ebpf)
+}
+
+/// CLOCK_TAI minus CLOCK_REALTIME in whole seconds: what the XDP program subtracts from
+/// `bpf_ktime_get_tai_ns` to compare BLOCKLIST expiries (Unix seconds) with now. 0 when the
+/// clocks cannot be read (then an entry lapses up to the kernel's TAI offset late, 37 s at most).
+pub fn tai_offset_secs() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    let (Ok(tai), Ok(real)) = (
+        clock_gettime(ClockId::CLOCK_TAI),
+        clock_gettime(ClockId::CLOCK_REALTIME),
+    ) else {
+        return 0;
+    };
+    let diff_ns = (tai.tv_sec() - real.tv_sec()) * 1_000_000_000 + (tai.tv_nsec() - real.tv_nsec());
+    // Rounded: the two reads are a few hundred nanoseconds apart.
+    u64::try_from((diff_ns + 500_000_000).div_euclid(1_000_000_000)).unwrap_or(0)
 }
 
 /// The XDP program of a loaded object.

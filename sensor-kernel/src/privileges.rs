@@ -59,13 +59,16 @@ pub struct MissingPrivileges {
 }
 
 fn effective() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_mask(&status, "CapEff:")
+}
+
+/// A capability set from a `/proc/<pid>/status` text (`key` as `CapEff:`), 0 when absent.
+pub(crate) fn status_mask(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0)
 }
 

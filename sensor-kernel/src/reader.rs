@@ -1,4 +1,5 @@
-//! Drains the ring buffer on a short timer and hands decoded queries to the output stage.
+//! Drains the ring buffer on a short timer and hands decoded queries and responses to the
+//! output stage.
 //!
 //! The reader never waits on the output: when the queue is full the query is dropped and
 //! counted (`output_queue_full`), so the ring buffer keeps draining and the kernel never has to
@@ -11,23 +12,41 @@ use tokio::sync::mpsc;
 
 use sensor_model::counters::StageCounters;
 
-use crate::decode;
+use crate::{
+    decode,
+    pairing::{Paired, Pairing},
+};
 
-use sensor_model::query::Query;
+use sensor_model::{query::Query, response::Response};
 
-/// Takes every record currently in the ring buffer.
+/// Takes every record currently in the ring buffer: queries go on as they are, responses
+/// paired with their query (see [`Pairing`]) and turned into the client-side view.
 pub fn drain(
     ring: &mut RingBuf<MapData>,
     tx: &mpsc::Sender<Query>,
     counters: &StageCounters,
+    pairing: &mut Pairing,
 ) -> usize {
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;
         counters.records_read.fetch_add(1, Ordering::Relaxed);
-        let query = decode::record(&item).and_then(|ev| Query::from_event(&ev));
+        let record = decode::any(&item);
         drop(item);
-        match query {
+        let event = match record {
+            Ok(decode::Record::Query(ev)) => Query::from_event(&ev).inspect(|q| pairing.query(q)),
+            Ok(decode::Record::Response { head, info, msg }) => {
+                Response::from_parts(&head, &info, &msg).map(|r| {
+                    let view = r.into_query(None);
+                    match pairing.response(&view) {
+                        Paired::Answered(ns) => with_duration(view, ns),
+                        Paired::Unpaired => view,
+                    }
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match event {
             Ok(q) => {
                 if tx.try_send(q).is_err() {
                     counters.output_queue_full.fetch_add(1, Ordering::Relaxed);
@@ -39,7 +58,34 @@ pub fn drain(
             }
         }
     }
+    pairing.expire(mono_ns());
+    let c = pairing.take_counts();
+    for (counter, v) in [
+        (&counters.responses_paired, c.paired),
+        (&counters.responses_unpaired, c.unpaired),
+        (&counters.queries_unanswered, c.unanswered),
+        (&counters.pairing_full, c.full),
+    ] {
+        if v > 0 {
+            counter.fetch_add(v, Ordering::Relaxed);
+        }
+    }
     n
+}
+
+fn with_duration(mut q: Query, ns: u64) -> Query {
+    if let Some(a) = q.answer.as_mut() {
+        a.duration_ns = Some(ns);
+    }
+    q
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's timestamps (`bpf_ktime_get_ns` and the coarse
+/// clock both count from boot, excluding suspend).
+fn mono_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// How often the ring buffer is drained. The XDP program submits without wakeups (a wakeup
@@ -57,10 +103,14 @@ pub async fn run(
 ) -> std::io::Result<(RingBuf<MapData>, mpsc::Sender<Query>)> {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pairing = Pairing::new(
+        std::time::Duration::from_secs(5),
+        crate::pairing::DEFAULT_CAPACITY,
+    );
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                drain(&mut ring, &tx, &counters);
+                drain(&mut ring, &tx, &counters, &mut pairing);
             }
             _ = stop.changed() => break,
         }

@@ -1,5 +1,5 @@
-//! The JSON document written for each query: Elastic Common Schema field names, nested as
-//! Packetbeat writes them (so Kibana and existing pipelines read it unchanged).
+//! The JSON document written for each query and each answer: Elastic Common Schema field names,
+//! nested as Packetbeat writes them (so Kibana and existing pipelines read it unchanged).
 
 use std::net::IpAddr;
 
@@ -32,6 +32,9 @@ pub struct EventMeta {
     #[serde(rename = "type")]
     pub kind_type: [&'static str; 1],
     pub dataset: &'static str,
+    /// An answer's time since its query, in nanoseconds (ECS `event.duration`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +57,32 @@ pub struct Dns<'a> {
     #[serde(rename = "type")]
     pub dns_type: &'static str,
     pub question: Question<'a>,
+    /// The rest only for an answer (`dns.type: answer`), as Packetbeat writes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_flags: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers_count: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorities_count: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additionals_count: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<AnswerDoc<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_ip: Option<Vec<IpAddr>>,
+}
+
+/// One of `dns.answers`.
+#[derive(Debug, Serialize)]
+pub struct AnswerDoc<'a> {
+    pub name: &'a str,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub class: String,
+    pub ttl: u32,
+    pub data: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,13 +134,15 @@ impl Query {
             timestamp,
             event: EventMeta {
                 // ECS: a detection is an `alert`, so SIEM views pick malicious queries out.
-                kind: match intel.map(|a| a.verdict) {
-                    Some(crate::verdict::Verdict::Malicious) => "alert",
-                    _ => "event",
+                kind: if self.is_alert(intel) {
+                    "alert"
+                } else {
+                    "event"
                 },
                 category: ["network"],
                 kind_type: ["protocol"],
                 dataset: "dns",
+                duration: self.answer.as_ref().and_then(|a| a.duration_ns),
             },
             source: Endpoint {
                 ip: self.src,
@@ -131,12 +162,38 @@ impl Query {
             },
             dns: Dns {
                 id: self.dns_id,
-                dns_type: "query",
+                dns_type: if self.answer.is_some() {
+                    "answer"
+                } else {
+                    "query"
+                },
                 question: Question {
                     name: &self.name,
                     qtype: qtype_name(self.qtype),
                     class: qclass_name(self.qclass),
                 },
+                response_code: self.answer.as_ref().map(|a| a.response_code()),
+                header_flags: self.answer.as_ref().map(|a| a.header_flags()),
+                answers_count: self.answer.as_ref().map(|a| a.ancount),
+                authorities_count: self.answer.as_ref().map(|a| a.nscount),
+                additionals_count: self.answer.as_ref().map(|a| a.arcount),
+                answers: self.answer.as_ref().map(|a| {
+                    a.answers
+                        .iter()
+                        .map(|x| AnswerDoc {
+                            name: &x.name,
+                            rtype: qtype_name(x.rtype),
+                            class: qclass_name(x.class),
+                            ttl: x.ttl,
+                            data: &x.data,
+                        })
+                        .collect()
+                }),
+                resolved_ip: self
+                    .answer
+                    .as_ref()
+                    .map(|a| a.resolved_ips())
+                    .filter(|ips| !ips.is_empty()),
             },
             observer: Observer {
                 name: observer,

@@ -14,6 +14,7 @@ use time::{OffsetDateTime, format_description::FormatItem, macros::format_descri
 
 use crate::{
     query::{Query, qclass_name, qtype_name},
+    response::Answered,
     verdict::{Assessment, Verdict},
 };
 
@@ -48,6 +49,71 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+impl Encoder {
+    /// The answer fields of `dns` (after `question`), in the serde document's order.
+    fn answer(&mut self, a: &Answered, out: &mut Vec<u8>) {
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b",\"response_code\":\"");
+        out.extend_from_slice(a.response_code().as_bytes());
+        out.extend_from_slice(b"\",\"header_flags\":[");
+        for (i, f) in a.header_flags().iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(f.as_bytes());
+            out.push(b'"');
+        }
+        for (key, n) in [
+            (&b"],\"answers_count\":"[..], a.ancount),
+            (b",\"authorities_count\":", a.nscount),
+            (b",\"additionals_count\":", a.arcount),
+        ] {
+            out.extend_from_slice(key);
+            out.extend_from_slice(num.format(n).as_bytes());
+        }
+        out.extend_from_slice(b",\"answers\":[");
+        for (i, x) in a.answers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            push_json_str(out, &x.name);
+            out.extend_from_slice(b",\"type\":");
+            out.extend_from_slice(
+                self.qtypes
+                    .entry(x.rtype)
+                    .or_insert_with(|| json_str(&qtype_name(x.rtype))),
+            );
+            out.extend_from_slice(b",\"class\":");
+            out.extend_from_slice(
+                self.qclasses
+                    .entry(x.class)
+                    .or_insert_with(|| json_str(&qclass_name(x.class))),
+            );
+            out.extend_from_slice(b",\"ttl\":");
+            out.extend_from_slice(num.format(x.ttl).as_bytes());
+            out.extend_from_slice(b",\"data\":");
+            push_json_str(out, &x.data);
+            out.push(b'}');
+        }
+        out.push(b']');
+        let ips = a.resolved_ips();
+        if !ips.is_empty() {
+            out.extend_from_slice(b",\"resolved_ip\":[");
+            for (i, ip) in ips.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.push(b'"');
+                push_ip(out, ip);
+                out.push(b'"');
+            }
+            out.push(b']');
+        }
+    }
 }
 
 fn json_str(s: &str) -> Vec<u8> {
@@ -119,12 +185,16 @@ impl Encoder {
         let mut num = itoa::Buffer::new();
         out.extend_from_slice(b"{\"@timestamp\":");
         self.timestamp(out, unix_ns);
-        let malicious = intel.is_some_and(|a| a.verdict == Verdict::Malicious);
-        out.extend_from_slice(if malicious {
-            b",\"event\":{\"kind\":\"alert\",\"category\":[\"network\"],\"type\":[\"protocol\"],\"dataset\":\"dns\"}".as_slice()
+        out.extend_from_slice(if q.is_alert(intel) {
+            b",\"event\":{\"kind\":\"alert\",\"category\":[\"network\"],\"type\":[\"protocol\"],\"dataset\":\"dns\"".as_slice()
         } else {
-            b",\"event\":{\"kind\":\"event\",\"category\":[\"network\"],\"type\":[\"protocol\"],\"dataset\":\"dns\"}"
+            b",\"event\":{\"kind\":\"event\",\"category\":[\"network\"],\"type\":[\"protocol\"],\"dataset\":\"dns\""
         });
+        if let Some(d) = q.answer.as_ref().and_then(|a| a.duration_ns) {
+            out.extend_from_slice(b",\"duration\":");
+            out.extend_from_slice(num.format(d).as_bytes());
+        }
+        out.push(b'}');
         out.extend_from_slice(b",\"source\":{\"ip\":\"");
         push_ip(out, q.src);
         out.extend_from_slice(b"\",\"port\":");
@@ -150,7 +220,11 @@ impl Encoder {
         });
         out.extend_from_slice(b",\"dns\":{\"id\":");
         out.extend_from_slice(num.format(q.dns_id).as_bytes());
-        out.extend_from_slice(b",\"type\":\"query\",\"question\":{\"name\":");
+        out.extend_from_slice(if q.answer.is_some() {
+            b",\"type\":\"answer\",\"question\":{\"name\":".as_slice()
+        } else {
+            b",\"type\":\"query\",\"question\":{\"name\":"
+        });
         push_json_str(out, &q.name);
         out.extend_from_slice(b",\"type\":");
         out.extend_from_slice(
@@ -164,7 +238,11 @@ impl Encoder {
                 .entry(q.qclass)
                 .or_insert_with(|| json_str(&qclass_name(q.qclass))),
         );
-        out.extend_from_slice(b"}}");
+        out.push(b'}');
+        if let Some(a) = &q.answer {
+            self.answer(a, out);
+        }
+        out.push(b'}');
         out.extend_from_slice(&self.observer_prefix);
         let ifname = self.interfaces.entry(q.ifindex).or_insert_with(|| {
             json_str(
@@ -196,6 +274,14 @@ impl Encoder {
             }
             Some((Verdict::Trusted, _)) => {
                 out.extend_from_slice(b",\"intel\":{\"verdict\":\"trusted\"}")
+            }
+            Some((Verdict::NotLookedUp, a)) => {
+                out.extend_from_slice(b",\"intel\":{\"verdict\":\"not_looked_up\"");
+                if let Some(r) = a.not_looked_up_reason() {
+                    out.extend_from_slice(b",\"reason\":");
+                    push_json_str(out, r);
+                }
+                out.push(b'}');
             }
             // Rare: serde writes the findings.
             Some((Verdict::Malicious, a)) => {
@@ -237,7 +323,38 @@ mod tests {
             qtype,
             qclass: 1,
             name: name.into(),
+            answer: None,
         }
+    }
+
+    /// `q` as an answer with `flags` and the given answers (name, type, data).
+    fn answered(
+        mut q: Query,
+        flags: u16,
+        duration_ns: Option<u64>,
+        answers: &[(&str, u16, &str)],
+    ) -> Query {
+        q.answer = Some(Box::new(crate::response::Answered {
+            flags,
+            ancount: answers.len() as u16,
+            nscount: 1,
+            arcount: 2,
+            answers: answers
+                .iter()
+                .map(|&(name, rtype, data)| crate::response::Answer {
+                    name: name.into(),
+                    rtype,
+                    class: 1,
+                    ttl: 300,
+                    data: data.into(),
+                    ip: data.parse().ok(),
+                })
+                .collect(),
+            answers_complete: true,
+            duration_ns,
+            detected: false,
+        }));
+        q
     }
 
     /// The fast encoder writes exactly what serde writes for `decode::Document`.
@@ -258,6 +375,29 @@ mod tests {
             ),
             query("192.0.2.1", ".", 28, Transport::Tcp, (100, 7)),
             query("2001:db8::1", "ctl\u{1}", 16, Transport::Udp, (0, 5)),
+            answered(
+                query("192.0.2.1", "www.example.com", 1, Transport::Udp, (0, 0)),
+                0x8180,
+                Some(1_234_567),
+                &[
+                    ("www.example.com", 5, "edge.\\\"cdn.example"),
+                    ("edge.\\\"cdn.example", 1, "192.0.2.7"),
+                    ("edge.\\\"cdn.example", 28, "2001:db8::7"),
+                    ("edge.\\\"cdn.example", 1, "192.0.2.7"),
+                ],
+            ),
+            answered(
+                query("2001:db8::1", "gone.example", 28, Transport::Tcp, (3, 0)),
+                0x8593,
+                None,
+                &[],
+            ),
+            answered(
+                query("192.0.2.1", "txt.example", 16, Transport::Udp, (0, 0)),
+                0x83b0,
+                Some(0),
+                &[("txt.example", 16, "\"v=spf1 -all\"")],
+            ),
         ];
         let malicious = Assessment {
             verdict: Verdict::Malicious,
@@ -284,6 +424,7 @@ mod tests {
             Some(plain(Verdict::Clean)),
             Some(plain(Verdict::Unknown)),
             Some(plain(Verdict::Trusted)),
+            Some(Assessment::not_looked_up("special_use")),
         ];
         for (i, q) in cases.iter().chain(cases.iter()).enumerate() {
             let unix_ns = clock.unix_ns(q.ts_mono_ns) + i as i128 * 1_000_000_123;

@@ -44,6 +44,57 @@ pub fn parse_nets(key: &'static str, items: &[String]) -> Result<Vec<IpNet>, Con
         .collect()
 }
 
+/// The widest prefixes a list of sources may hold (`0.0.0.0/0` in a drop map drops everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixRails {
+    /// Shortest IPv4 prefix length accepted (16 = at most a /16).
+    pub v4: u8,
+    /// Shortest IPv6 prefix length accepted (32 = at most a /32).
+    pub v6: u8,
+}
+
+impl Default for PrefixRails {
+    fn default() -> Self {
+        Self { v4: 16, v6: 32 }
+    }
+}
+
+impl PrefixRails {
+    /// Refuses any of `nets` wider than the rails, naming `key` and the key that sets the rail.
+    pub fn check(
+        &self,
+        key: &'static str,
+        rail_key: &str,
+        nets: &[IpNet],
+    ) -> Result<(), ConfigError> {
+        if self.v4 > 32 || self.v6 > 128 {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!("{rail_key} must be at most {{ v4 = 32, v6 = 128 }}"),
+            });
+        }
+        for n in nets {
+            let (len, min) = match n {
+                IpNet::V4(n) => (n.prefix_len(), self.v4),
+                IpNet::V6(n) if n.addr().to_ipv4_mapped().is_some() && n.prefix_len() >= 96 => {
+                    (n.prefix_len() - 96, self.v4)
+                }
+                IpNet::V6(n) => (n.prefix_len(), self.v6),
+            };
+            if len < min {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!(
+                        "{n} is wider than /{min}, the widest {rail_key} allows (raise it if this is intended)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Formats an error and its sources on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -1,5 +1,8 @@
 //! The one HTTP client builder every HTTP client of the sensor uses (Elasticsearch, ThreatBook,
-//! WeCom, webhooks): the same user agent, the same timeouts' meaning, the same `ca_file`.
+//! WeCom, webhooks): the same user agent, the same timeouts' meaning, the same `ca_file`; the one
+//! rule for which URLs may carry a credential ([`check_url`]); and the one bounded body read
+//! ([`read_capped`]), so a broken proxy or a hostile server cannot make the sensor buffer
+//! gigabytes.
 
 use std::{path::Path, time::Duration};
 
@@ -25,6 +28,95 @@ pub struct HttpSettings<'a> {
     /// Follow redirects (reqwest's default policy, up to 10). `false` for a client whose
     /// requests carry a secret in the URL, which a redirect could carry elsewhere.
     pub redirects: bool,
+}
+
+/// Checks an endpoint URL that a credential (API key, password, robot key, token header) travels
+/// to: `https` always; `http` only to a loopback host (the credential never crosses a network)
+/// or when the endpoint's `allow_insecure_http = true` says so explicitly. Any other scheme, no
+/// host, or a user/password inside the URL is refused. Errors name `key` and never echo the URL
+/// (it may hold a token).
+pub fn check_url(
+    key: &'static str,
+    url: &str,
+    allow_insecure_http: bool,
+) -> Result<reqwest::Url, ConfigError> {
+    let invalid = |message: &str| ConfigError::Invalid {
+        key,
+        message: message.into(),
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::Invalid {
+        key,
+        message: format!("not a URL: {e}"),
+    })?;
+    if parsed.host().is_none() {
+        return Err(invalid("the URL has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid("must not hold credentials in the URL"));
+    }
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if allow_insecure_http || is_loopback(&parsed) => Ok(parsed),
+        "http" => Err(invalid(
+            "plain http:// would send the credential in clear: use https://, or set \
+             allow_insecure_http = true for this endpoint",
+        )),
+        other => Err(ConfigError::Invalid {
+            key,
+            message: format!("scheme `{other}` is not http(s)"),
+        }),
+    }
+}
+
+/// True for `localhost` and loopback addresses (`127.0.0.0/8`, `::1`).
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    // IPv6 hosts come bracketed.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.trim_end_matches('.').eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The answer is larger than the cap: only the cap was read, the rest dropped with the
+    /// connection.
+    #[error("answer larger than {max} bytes (HTTP {status}); not read further")]
+    TooLarge { max: usize, status: u16 },
+    /// The transport failed while reading (message without URL, causes on one line).
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// Reads a response body, at most `max` bytes. A `Content-Length` above the cap is refused
+/// before reading; a body without one is read chunk by chunk and refused as soon as it passes
+/// the cap, so memory stays bounded whatever the server sends.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, BodyError> {
+    let status = response.status().as_u16();
+    let too_large = || BodyError::TooLarge { max, status };
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Transport(error_chain(&e.without_url())))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Builds a client with [`USER_AGENT`] and `settings`. Errors name `settings.key`, hold no URL,
@@ -102,6 +194,34 @@ Af8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIClXoBvyqhUF8ur3fadjfU9ik5q7\n\
 j4ZtDx8R7Rf+sRgKAiEA7Zbrg3JKedR4QfehwTKhpn9hTbzkZ01aRXa+I5MsJgM=\n\
 -----END CERTIFICATE-----\n\
 ";
+
+    #[test]
+    fn credentials_need_https_unless_loopback_or_allowed() {
+        for ok in [
+            "https://api.example.com",
+            "http://127.0.0.1:8080/x",
+            "http://[::1]:9200",
+            "http://localhost:1/",
+        ] {
+            check_url("x.url", ok, false).unwrap();
+        }
+        let err = check_url("x.url", "http://es.corp.example:9200", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`x.url`") && err.contains("allow_insecure_http"),
+            "{err}"
+        );
+        assert!(
+            !err.contains('\n') && !err.contains("corp.example"),
+            "{err}"
+        );
+        check_url("x.url", "http://es.corp.example:9200", true).unwrap();
+        for bad in ["ftp://a.example", "http://u:pw@a.example", "not a url"] {
+            let err = check_url("x.url", bad, true).unwrap_err().to_string();
+            assert!(err.contains("`x.url`") && !err.contains("pw"), "{err}");
+        }
+    }
 
     #[test]
     fn a_bundle_of_one_or_more_cas_is_accepted() {

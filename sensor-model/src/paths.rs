@@ -13,3 +13,5 @@ pub const BLOCKLIST_STATE_DIR: &str = "/var/lib/dns-sensor/blocklist";
 pub const EDL_FILE: &str = "/var/lib/dns-sensor/blocklist/edl.txt";
 /// `blocklist.results_dir`: each night's CSV and JSON lines.
 pub const BLOCKLIST_RESULTS_DIR: &str = "/var/lib/dns-sensor/blocklist/results";
+/// `pdns.path`: the passive DNS store (SQLite; its `-wal` and `-shm` files beside it).
+pub const PDNS_STORE: &str = "/var/lib/dns-sensor/pdns/pdns.sqlite";

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::rr::DNSClass;
 use sensor_common::{Event, Family, Transport, event::record_len};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -24,6 +24,17 @@ pub enum DecodeError {
     NameLength(u16),
     #[error("QNAME is not a sequence of labels ending with the root")]
     NameLabels,
+    #[error("record of kind {0}: neither a query (0) nor a response (1)")]
+    Kind(u8),
+    #[error(
+        "response record of {len} bytes cannot hold its {copied} message bytes (a multiple of 8 up to {max})",
+        max = sensor_common::response::MAX_RESPONSE_RECORD
+    )]
+    ResponseSize { len: usize, copied: u16 },
+    #[error("unknown answer walk status {0}")]
+    Walk(u8),
+    #[error("{0} kernel addresses, at most 8")]
+    AddrCount(u8),
 }
 
 /// Addresses, ports and names in the form the JSON documents use.
@@ -43,9 +54,20 @@ pub struct Query {
     pub qclass: u16,
     /// Presentation form (see [`presentation_name`]).
     pub name: String,
+    /// For a response: what it answered (then `src` is the client and `dst` the server, as for
+    /// the query). `None` for a query.
+    pub answer: Option<Box<crate::response::Answered>>,
 }
 
 impl Query {
+    /// Whether this event is an alert: a malicious verdict on a query, or on an answer that is
+    /// a detection of its own (its query already alerted for the name; an answer to it is the
+    /// same sighting and not counted twice).
+    pub fn is_alert(&self, intel: Option<&crate::verdict::Assessment>) -> bool {
+        intel.is_some_and(|a| a.verdict == crate::verdict::Verdict::Malicious)
+            && self.answer.as_ref().is_none_or(|a| a.detected)
+    }
+
     pub fn from_event(ev: &Event) -> Result<Self, DecodeError> {
         let family = match ev.family {
             4 => Family::Ipv4,
@@ -79,6 +101,7 @@ impl Query {
             qtype: ev.qtype,
             qclass: ev.qclass,
             name: presentation_name(&ev.qname[..len])?,
+            answer: None,
         })
     }
 }
@@ -134,13 +157,121 @@ pub fn presentation_name(wire: &[u8]) -> Result<String, DecodeError> {
     Ok(out)
 }
 
-/// QTYPE by its IANA mnemonic (`A`, `AAAA`, `HTTPS`), or `TYPE<n>` (RFC 3597) when unassigned.
+/// QTYPE by its mnemonic in the IANA "Resource Record (RR) TYPEs" registry (`A`, `AAAA`,
+/// `SPF`, `HTTPS`), or RFC 3597's generic `TYPE<n>` when the number has none (`TYPE0`,
+/// `TYPE65000`). The registry's `*` (255) is written `ANY`, as tshark and Packetbeat do.
+///
+/// A table of our own rather than hickory's `RecordType`: hickory names 0 `ZERO` and has no
+/// mnemonic for several assigned types (SPF, NINFO, EUI48, ...), which it would report as
+/// unknown. The table follows the registry as of 2025 (up to DSYNC 66, HHIT 67, BRID 68,
+/// NXNAME 128, the 256 block to IPN 264, TA and DLV).
 pub fn qtype_name(qtype: u16) -> String {
-    match RecordType::from(qtype) {
-        RecordType::Unknown(n) => format!("TYPE{n}"),
-        t => t.to_string(),
+    match QTYPES.binary_search_by_key(&qtype, |(n, _)| *n) {
+        Ok(i) => QTYPES[i].1.to_owned(),
+        Err(_) => format!("TYPE{qtype}"),
     }
 }
+
+/// The IANA registry's assigned TYPEs, sorted by number.
+const QTYPES: &[(u16, &str)] = &[
+    (1, "A"),
+    (2, "NS"),
+    (3, "MD"),
+    (4, "MF"),
+    (5, "CNAME"),
+    (6, "SOA"),
+    (7, "MB"),
+    (8, "MG"),
+    (9, "MR"),
+    (10, "NULL"),
+    (11, "WKS"),
+    (12, "PTR"),
+    (13, "HINFO"),
+    (14, "MINFO"),
+    (15, "MX"),
+    (16, "TXT"),
+    (17, "RP"),
+    (18, "AFSDB"),
+    (19, "X25"),
+    (20, "ISDN"),
+    (21, "RT"),
+    (22, "NSAP"),
+    (23, "NSAP-PTR"),
+    (24, "SIG"),
+    (25, "KEY"),
+    (26, "PX"),
+    (27, "GPOS"),
+    (28, "AAAA"),
+    (29, "LOC"),
+    (30, "NXT"),
+    (31, "EID"),
+    (32, "NIMLOC"),
+    (33, "SRV"),
+    (34, "ATMA"),
+    (35, "NAPTR"),
+    (36, "KX"),
+    (37, "CERT"),
+    (38, "A6"),
+    (39, "DNAME"),
+    (40, "SINK"),
+    (41, "OPT"),
+    (42, "APL"),
+    (43, "DS"),
+    (44, "SSHFP"),
+    (45, "IPSECKEY"),
+    (46, "RRSIG"),
+    (47, "NSEC"),
+    (48, "DNSKEY"),
+    (49, "DHCID"),
+    (50, "NSEC3"),
+    (51, "NSEC3PARAM"),
+    (52, "TLSA"),
+    (53, "SMIMEA"),
+    (55, "HIP"),
+    (56, "NINFO"),
+    (57, "RKEY"),
+    (58, "TALINK"),
+    (59, "CDS"),
+    (60, "CDNSKEY"),
+    (61, "OPENPGPKEY"),
+    (62, "CSYNC"),
+    (63, "ZONEMD"),
+    (64, "SVCB"),
+    (65, "HTTPS"),
+    (66, "DSYNC"),
+    (67, "HHIT"),
+    (68, "BRID"),
+    (99, "SPF"),
+    (100, "UINFO"),
+    (101, "UID"),
+    (102, "GID"),
+    (103, "UNSPEC"),
+    (104, "NID"),
+    (105, "L32"),
+    (106, "L64"),
+    (107, "LP"),
+    (108, "EUI48"),
+    (109, "EUI64"),
+    (128, "NXNAME"),
+    (249, "TKEY"),
+    (250, "TSIG"),
+    (251, "IXFR"),
+    (252, "AXFR"),
+    (253, "MAILB"),
+    (254, "MAILA"),
+    (255, "ANY"),
+    (256, "URI"),
+    (257, "CAA"),
+    (258, "AVC"),
+    (259, "DOA"),
+    (260, "AMTRELAY"),
+    (261, "RESINFO"),
+    (262, "WALLET"),
+    (263, "CLA"),
+    (264, "IPN"),
+    (32768, "TA"),
+    (32769, "DLV"),
+];
 
 /// QCLASS by mnemonic (`IN`, `CH`, `ANY`), or `CLASS<n>` (RFC 3597).
 pub fn qclass_name(qclass: u16) -> String {
@@ -157,6 +288,52 @@ pub fn qclass_name(qclass: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_is_an_alert_only_when_it_detects_something_itself() {
+        use crate::{
+            response::Answered,
+            verdict::{Assessment, Verdict},
+        };
+        let mut q = Query {
+            ts_mono_ns: 0,
+            ifindex: 1,
+            vlan_outer: 0,
+            vlan_inner: 0,
+            src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            dst: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 53)),
+            src_port: 40000,
+            dst_port: 53,
+            transport: Transport::Udp,
+            dns_id: 1,
+            qtype: 1,
+            qclass: 1,
+            name: "c2.example".into(),
+            answer: None,
+        };
+        let verdict = |v| Assessment {
+            verdict: v,
+            findings: Vec::new(),
+            errors: Vec::new(),
+        };
+        let (bad, clean) = (verdict(Verdict::Malicious), verdict(Verdict::Clean));
+        assert!(q.is_alert(Some(&bad)));
+        assert!(!q.is_alert(Some(&clean)) && !q.is_alert(None));
+        q.answer = Some(Box::new(Answered {
+            flags: 0x8180,
+            ancount: 0,
+            nscount: 0,
+            arcount: 0,
+            answers: Vec::new(),
+            answers_complete: true,
+            duration_ns: None,
+            detected: false,
+        }));
+        // The answer to a name whose query already alerted: the same sighting.
+        assert!(!q.is_alert(Some(&bad)));
+        q.answer.as_mut().unwrap().detected = true;
+        assert!(q.is_alert(Some(&bad)));
+    }
 
     fn wire(labels: &[&[u8]]) -> Vec<u8> {
         let mut w = Vec::new();
@@ -206,6 +383,19 @@ mod tests {
         assert_eq!(qtype_name(28), "AAAA");
         assert_eq!(qtype_name(65), "HTTPS");
         assert_eq!(qtype_name(65000), "TYPE65000");
+        assert_eq!(qtype_name(0), "TYPE0");
+        assert_eq!(qtype_name(99), "SPF");
+        assert_eq!(qtype_name(255), "ANY");
+        assert_eq!(
+            qtype_name(54),
+            "TYPE54",
+            "unassigned between SMIMEA and HIP"
+        );
+        assert_eq!(qtype_name(32769), "DLV");
+        assert!(
+            QTYPES.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted for the binary search"
+        );
         assert_eq!(qclass_name(1), "IN");
         assert_eq!(qclass_name(255), "ANY");
         assert_eq!(qclass_name(4242), "CLASS4242");

@@ -65,6 +65,10 @@ pub enum Verdict {
     Unknown,
     /// The name or client is trusted: not looked up.
     Trusted,
+    /// Deliberately not sent to a remote provider (a special-use or internal name, or the
+    /// client's daily budget of new names is spent; the reason is the assessment's only
+    /// `errors` entry). Local feeds were asked and found nothing. Never looked up again later.
+    NotLookedUp,
 }
 
 impl Verdict {
@@ -74,6 +78,7 @@ impl Verdict {
             Self::Clean => "clean",
             Self::Unknown => "unknown",
             Self::Trusted => "trusted",
+            Self::NotLookedUp => "not_looked_up",
         }
     }
 }
@@ -97,6 +102,23 @@ impl Assessment {
         }
     }
 
+    /// Not sent to a remote provider, for `reason` (a fixed word: `special_use`, `reverse`,
+    /// `internal`, `client_budget`, `budget_table_full`).
+    pub fn not_looked_up(reason: &'static str) -> Self {
+        Self {
+            verdict: Verdict::NotLookedUp,
+            findings: Vec::new(),
+            errors: vec![reason.to_owned()],
+        }
+    }
+
+    /// Why a `not_looked_up` name was not sent.
+    pub fn not_looked_up_reason(&self) -> Option<&str> {
+        (self.verdict == Verdict::NotLookedUp)
+            .then(|| self.errors.first().map(String::as_str))
+            .flatten()
+    }
+
     /// The highest severity among the malicious findings.
     pub fn severity(&self) -> Option<Severity> {
         self.findings.iter().filter_map(|f| f.severity).max()
@@ -118,6 +140,9 @@ pub fn normalise(name: &str) -> String {
 #[derive(Debug, Serialize)]
 pub struct IntelDoc<'a> {
     pub verdict: &'static str,
+    /// Why a `not_looked_up` name was not sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<Severity>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +167,7 @@ impl Assessment {
         }
         let mut doc = IntelDoc {
             verdict: self.verdict.as_str(),
+            reason: self.not_looked_up_reason(),
             severity: self.severity(),
             confidence: self.confidence(),
             providers: Vec::new(),

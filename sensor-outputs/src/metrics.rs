@@ -64,10 +64,16 @@ use serde::Deserialize;
 pub struct MetricsSection {
     /// `host:port` serving `/metrics` (Prometheus text) and `/healthz`; empty: no endpoint.
     pub listen: String,
+    /// Clients (IPs or CIDRs) allowed to connect; empty = any. Others are closed at accept.
+    pub allowed_clients: Vec<String>,
+    /// `[metrics.limits]`: timeouts and connection caps.
+    pub limits: crate::httpd::ServerLimits,
 }
 
 impl MetricsSection {
     pub fn address(&self) -> Result<Option<SocketAddr>, sensor_model::error::ConfigError> {
+        self.limits.validate("metrics.limits")?;
+        sensor_model::error::parse_nets("metrics.allowed_clients", &self.allowed_clients)?;
         if self.listen.is_empty() {
             return Ok(None);
         }
@@ -81,6 +87,46 @@ impl MetricsSection {
                     self.listen
                 ),
             })
+    }
+}
+
+/// One `/healthz` check: `Ok(detail)` when healthy, `Err(why)` when not.
+type Check = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What `/healthz` asks: each stage says whether it works, and why not.
+#[derive(Default)]
+pub struct Health(Vec<(&'static str, Check)>);
+
+impl Health {
+    pub fn add(
+        &mut self,
+        name: &'static str,
+        f: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) {
+        self.0.push((name, Box::new(f)));
+    }
+
+    /// Whether every check passed, and one line per check (`name: ok: detail` or
+    /// `name: FAILING: why`).
+    pub fn report(&self) -> (bool, String) {
+        let mut ok = true;
+        let mut text = String::new();
+        for (name, f) in &self.0 {
+            match f() {
+                Ok(d) => text.push_str(&format!("{name}: ok: {d}\n")),
+                Err(why) => {
+                    ok = false;
+                    text.push_str(&format!("{name}: FAILING: {why}\n"));
+                }
+            }
+        }
+        (ok, text)
+    }
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Health({})", self.0.len())
     }
 }
 
@@ -159,13 +205,11 @@ impl Collector for Snapshot {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the task is aborted.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    sources: Arc<Sources>,
-) -> std::io::Result<()> {
-    use axum::{Router, http::header, routing::get};
-    let app = Router::new()
+/// The `/metrics` and `/healthz` routes. `/healthz` answers 200 when every check of `health`
+/// passes and 503 otherwise, one line per check either way.
+pub fn router(sources: Arc<Sources>, health: Arc<Health>) -> axum::Router {
+    use axum::{Router, http::StatusCode, http::header, routing::get};
+    Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -185,8 +229,34 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app).await
+        .route(
+            "/healthz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let (ok, text) = tokio::task::spawn_blocking(move || health.report())
+                        .await
+                        .unwrap_or((false, "health checks panicked\n".into()));
+                    let status = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, text)
+                }
+            }),
+        )
+}
+
+/// Serves `/metrics` and `/healthz` behind `gate` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gate: Arc<crate::httpd::Gate>,
+    sources: Arc<Sources>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    crate::httpd::serve(listener, gate, None, router(sources, health), shutdown).await;
 }
 
 #[cfg(test)]

@@ -40,6 +40,11 @@ pub struct OutputSection {
     /// Events held between the ring-buffer reader and the writer; beyond it events are dropped
     /// and counted, so a slow disk never stalls the ring buffer.
     pub queue_size: usize,
+    /// Under systemd stdout is the journal (`JOURNAL_STREAM`): `kind = "stdout"` then writes
+    /// nothing unless this is true, so the packaged service does not put every query into the
+    /// journal (where it would rotate the sensor's own log away and keep clients' queries in a
+    /// place not meant for them). Default false.
+    pub journal: bool,
 }
 
 impl Default for OutputSection {
@@ -48,8 +53,39 @@ impl Default for OutputSection {
             kind: OutputKind::Stdout,
             path: None,
             queue_size: 65536,
+            journal: false,
         }
     }
+}
+
+/// True when `kind = "stdout"` would write every query into the systemd journal without the
+/// config saying so: then the JSON-lines output is left out (the caller logs why).
+pub fn stdout_is_unwanted_journal(cfg: &OutputSection) -> bool {
+    use std::os::fd::AsFd;
+    if cfg.kind != OutputKind::Stdout || cfg.journal {
+        return false;
+    }
+    let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    is_journal_stream(
+        &std::fs::File::from(fd),
+        std::env::var("JOURNAL_STREAM").ok().as_deref(),
+    )
+}
+
+/// systemd sets `JOURNAL_STREAM=<device>:<inode>` for a service whose stdout or stderr is
+/// connected to the journal (systemd.exec(5)); `file` is the journal's stream when they match.
+pub fn is_journal_stream(file: &std::fs::File, journal_stream: Option<&str>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    file.metadata()
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 /// Opens the configured writer.
@@ -84,11 +120,10 @@ pub fn write_all(
 ) {
     let mut out = io::BufWriter::with_capacity(1 << 16, sink);
     let clock = WallClock::new();
-    let mut encoder = Encoder::new(&observer, &interfaces);
+    let mut encoder = crate::sink::LineEncoder::new(Encoder::new(&observer, &interfaces));
     while let Some(e) = rx.blocking_recv() {
         // Encoded here or already by the Kafka sink: the same bytes either way.
-        let line = e.line(&mut encoder, &clock);
-        match out.write_all(&line) {
+        match encoder.with_line(&e, &clock, |line| out.write_all(line)) {
             Ok(()) => {
                 counters.written.fetch_add(1, Ordering::Relaxed);
             }
@@ -181,5 +216,34 @@ impl Sink for JsonLines {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_journal_is_recognised_by_device_and_inode() {
+        let f = tempfile::tempfile().unwrap();
+        let m = f.metadata().unwrap();
+        let same = format!("{}:{}", m.dev(), m.ino());
+        assert!(is_journal_stream(&f, Some(&same)));
+        let other = format!("{}:{}", m.dev(), m.ino() + 1);
+        assert!(!is_journal_stream(&f, Some(&other)));
+        assert!(!is_journal_stream(&f, None));
+        assert!(!is_journal_stream(&f, Some("garbage")));
+        // A file output or an explicit yes never counts as unwanted.
+        let file = OutputSection {
+            kind: OutputKind::File,
+            ..OutputSection::default()
+        };
+        assert!(!stdout_is_unwanted_journal(&file));
+        let yes = OutputSection {
+            journal: true,
+            ..OutputSection::default()
+        };
+        assert!(!stdout_is_unwanted_journal(&yes));
     }
 }

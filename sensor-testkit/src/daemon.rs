@@ -19,13 +19,50 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `binary run --config config` and waits (up to 60 s) for "sensor attached".
     pub fn start(binary: &Path, config: &Path, workdir: &Path) -> Self {
+        Self::spawn(Command::new(binary), config, workdir, false)
+    }
+
+    /// Like [`start`](Self::start), inside network namespace `ns` (`ip netns exec` execs the
+    /// sensor in place, so the PID is the sensor's).
+    pub fn start_in_netns(ns: &str, binary: &Path, config: &Path, workdir: &Path) -> Self {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(binary);
+        Self::spawn(c, config, workdir, false)
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. systemd's
+    /// `CREDENTIALS_DIRECTORY`).
+    pub fn start_with_env(
+        binary: &Path,
+        config: &Path,
+        workdir: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        let mut c = Command::new(binary);
+        c.envs(env.iter().copied());
+        Self::spawn(c, config, workdir, false)
+    }
+
+    /// [`Self::start`], with stdout posing as the systemd journal: `JOURNAL_STREAM` names the
+    /// stdout file's device and inode, as systemd does for a service logging to the journal.
+    pub fn start_as_journal(binary: &Path, config: &Path, workdir: &Path) -> Self {
+        Self::spawn(Command::new(binary), config, workdir, true)
+    }
+
+    fn spawn(mut cmd: Command, config: &Path, workdir: &Path, journal: bool) -> Self {
+        use std::os::unix::fs::MetadataExt;
         let stdout_path = workdir.join("events.jsonl");
         let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
-        let mut child = Command::new(binary)
-            .args(["run", "--config"])
+        let meta = stdout.metadata().expect("stdout file metadata");
+        cmd.args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .env_remove("JOURNAL_STREAM");
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        let mut child = cmd
             .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()

@@ -384,6 +384,7 @@ fn blocklist_state(dir: &Path, bytes: &[u8]) {
         .commit(&Plan {
             entries: entries.clone(),
             summary: Summary::default(),
+            held: Vec::new(),
         })
         .expect("commit");
     let again = Store::load(dir).expect("a committed state loads");
@@ -616,7 +617,16 @@ pub fn http_answers(data: &[u8]) {
             let Ok(status) = StatusCode::from_u16(u16::from_le_bytes([a, b])) else {
                 return;
             };
-            let reason = format!("http_{}", status.as_u16());
+            // Metric labels are a fixed set: the statuses an operator tells apart by name,
+            // the rest by class (the exact status stays in the detail).
+            let code = status.as_u16();
+            let reason = match code {
+                400 | 401 | 403 | 404 | 408 | 413 | 429 => format!("http_{code}"),
+                300..=399 => "http_3xx".to_owned(),
+                400..=499 => "http_4xx".to_owned(),
+                500..=599 => "http_5xx".to_owned(),
+                _ => "http_other".to_owned(),
+            };
             match SendError::from_status(status) {
                 SendError::Throttled { reason: r } => {
                     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -1022,6 +1032,7 @@ fn state_seeds() -> Vec<(String, Vec<u8>)> {
                 ),
             ],
             summary: Summary::default(),
+            held: Vec::new(),
         })
         .expect("commit");
     out.push((

@@ -25,6 +25,7 @@ use sensor_intel::{
     Provider,
     batch::{Batcher, Limits},
     cache::{CacheSection, Source, VerdictCache},
+    egress::{Egress, EgressSection},
     enrich::{EnrichCounters, EnrichSettings, Enricher, HitSink, TrustedEvents},
     feeds::{FeedConfig, FeedKind, LocalFeeds},
     threatbook::{ThreatBook, ThreatBookSection},
@@ -67,6 +68,7 @@ fn query(i: usize, name: &str) -> Query {
         qtype: 1,
         qclass: 1,
         name: name.to_owned(),
+        answer: None,
     }
 }
 
@@ -83,7 +85,9 @@ fn settings() -> EnrichSettings {
 /// Names `n` distinct names, one in ten of them listed as malicious by the caller.
 fn names(n: usize) -> Vec<String> {
     (0..n)
-        .map(|i| format!("host{i}.corp-{}.example.com", i % 97))
+        // Not under a special-use zone (`example.com` is one): the egress rules must let them
+        // through to the cache, as real names.
+        .map(|i| format!("host{i}.corp-{}.bench-site.net", i % 97))
         .collect()
 }
 
@@ -92,11 +96,19 @@ pub struct HitPath {
     pub events: usize,
     pub seconds: f64,
     pub trusted_entries: usize,
+    /// Internal domains of the `[intel.egress]` rules checked per event (`None`: no rules).
+    pub egress_internal: Option<usize>,
 }
 
 /// Every name cached: trust filter (a list of `trusted_entries` suffixes, none matching) and a
-/// cache hit per event, through the enrichment stage on one thread.
-pub fn cache_hits(events: usize, trusted_entries: usize) -> anyhow::Result<HitPath> {
+/// cache hit per event, through the enrichment stage on one thread. With `egress_internal`, the
+/// `[intel.egress]` rules too: the special-use and reverse zones plus that many internal
+/// domains, none matching (the cost every event pays).
+pub fn cache_hits(
+    events: usize,
+    trusted_entries: usize,
+    egress_internal: Option<usize>,
+) -> anyhow::Result<HitPath> {
     let dir = tempfile::tempdir()?;
     let trust_file = dir.path().join("trusted.txt");
     let mut list = String::with_capacity(trusted_entries * 24);
@@ -146,12 +158,29 @@ pub fn cache_hits(events: usize, trusted_entries: usize) -> anyhow::Result<HitPa
             tx.try_send(query(i, &all[i % all.len()]))?;
         }
         drop(tx);
+        let egress = match egress_internal {
+            None => None,
+            Some(n) => Some(Arc::new(
+                Egress::new(
+                    &EgressSection {
+                        internal_domains: (0..n)
+                            .map(|i| format!("corp{i}.internal-bench.cn"))
+                            .collect(),
+                        ..EgressSection::default()
+                    },
+                    10_000,
+                    8,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+        };
         let (out_tx, mut out_rx) = mpsc::channel(events);
         let enricher = Enricher {
             settings: settings(),
             trust: Some(Arc::new(trust)),
             verdicts: Some(verdicts),
             ip_feeds: None,
+            egress,
             hits: Some(Arc::new(CountHits::default())),
             counters: Arc::new(EnrichCounters::default()),
         };
@@ -167,6 +196,7 @@ pub fn cache_hits(events: usize, trusted_entries: usize) -> anyhow::Result<HitPa
             events,
             seconds,
             trusted_entries,
+            egress_internal,
         })
     })
 }
@@ -225,6 +255,7 @@ pub fn slow_provider(
             trust: None,
             verdicts: Some(verdicts),
             ip_feeds: None,
+            egress: None,
             hits: Some(Arc::new(CountHits::default())),
             counters: Arc::new(EnrichCounters::default()),
         };

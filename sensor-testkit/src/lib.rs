@@ -9,10 +9,14 @@
 
 pub mod collect_bench;
 pub mod daemon;
+pub mod edl_flood;
 pub mod fake_threatbook;
 pub mod fake_wecom;
 pub mod fault_proxy;
 pub mod fuzzing;
+pub mod fw_bench;
+pub mod fwns;
+pub mod http_stub;
 pub mod intel_bench;
 pub mod kernel_fuzz;
 pub mod logs;
@@ -20,6 +24,8 @@ pub mod netns;
 pub mod osmem;
 pub mod packet;
 pub mod pcap;
+pub mod pdns_bench;
+pub mod ports;
 pub mod responder;
 #[cfg(feature = "kafka")]
 pub mod soak;

@@ -10,7 +10,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -50,13 +50,7 @@ pub fn binary() -> Result<PathBuf, String> {
     }
 }
 
-/// A free loopback port (bound and released; the OS does not hand it out again at once).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a loopback port")
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// A running osmem-server, killed on drop.
 pub struct Osmem {
@@ -180,6 +174,27 @@ impl Client {
         )
     }
 
+    /// Creates `index` as a firewall's alert index (`source.ip` an `ip`, `@timestamp` a date),
+    /// writes one alert per `(source ip, @timestamp)` and refreshes it: what the nightly
+    /// blocklist run collects.
+    pub async fn seed_alerts(&self, index: &str, alerts: &[(&str, &str)]) {
+        let mapping = serde_json::json!({"mappings": {"properties": {
+            "source": {"properties": {"ip": {"type": "ip"}}},
+            "@timestamp": {"type": "date"}}}});
+        let (s, v) = self
+            .request(reqwest::Method::PUT, index, Some(&mapping))
+            .await;
+        assert_eq!(s, 200, "create {index}: {v}");
+        for (ip, at) in alerts {
+            let doc = serde_json::json!({"@timestamp": at, "source": {"ip": ip}});
+            let (s, v) = self
+                .request(reqwest::Method::POST, &format!("{index}/_doc"), Some(&doc))
+                .await;
+            assert!(s == 200 || s == 201, "alert into {index}: {v}");
+        }
+        self.refresh(index).await;
+    }
+
     pub async fn refresh(&self, index: &str) {
         self.request(reqwest::Method::POST, &format!("{index}/_refresh"), None)
             .await;
@@ -301,6 +316,7 @@ pub fn bench_elastic(docs: u64) -> ElasticBench {
                 qtype: 1,
                 qclass: 1,
                 name: format!("host{}.evil{}.example", n % 97, n % 1000),
+                answer: None,
             },
             intel: Some(assessment.clone()),
         })

@@ -215,3 +215,41 @@ pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Vec<u8> {
         _ => panic!("mixed address families"),
     }
 }
+
+/// A response message: header (`flags` as given, QR included; QDCOUNT 1, ANCOUNT `ancount`),
+/// the question for `name`/`qtype`/IN, then `answers` (raw records, see [`rr`]).
+pub fn dns_response(
+    id: u16,
+    flags: u16,
+    name: &str,
+    qtype: u16,
+    ancount: u16,
+    answers: &[u8],
+) -> Vec<u8> {
+    let mut m = dns_message(
+        DnsHeader {
+            id,
+            flags,
+            qdcount: 1,
+        },
+        &question(&wire_name(name), qtype, 1),
+    );
+    m[6..8].copy_from_slice(&ancount.to_be_bytes());
+    m.extend_from_slice(answers);
+    m
+}
+
+/// A resource record of class IN: `owner` as given (wire labels, or a pointer such as
+/// `[0xc0, 12]`, the question's name), TYPE, TTL and RDATA.
+pub fn rr(owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
+    let mut r = owner.to_vec();
+    r.extend_from_slice(&rtype.to_be_bytes());
+    r.extend_from_slice(&1u16.to_be_bytes());
+    r.extend_from_slice(&ttl.to_be_bytes());
+    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    r.extend_from_slice(rdata);
+    r
+}
+
+/// The pointer to the question's name (offset 12), the usual owner of an answer.
+pub const QNAME_PTR: [u8; 2] = [0xc0, 12];

@@ -176,9 +176,9 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport, String> {
     let names: Vec<String> = (0..opts.names)
         .map(|i| {
             if i % 100 == 7 {
-                format!("c2-{i}.soak-evil.example")
+                format!("c2-{i}.soak-evil.net")
             } else {
-                format!("host{i}.soak.example")
+                format!("host{i}.soak-site.net")
             }
         })
         .collect();
@@ -224,6 +224,14 @@ max_wait_ms = 2000
 [intel.threatbook]
 base_url = "{tb_url}"
 api_key = {{ file = "{tb_key}" }}
+
+# Four clients ask every name, for hours: no quota and no per-client budget in the way (the
+# names are under a real TLD, not a special-use one, so they are looked up at all).
+[intel.threatbook.limits]
+daily_quota = 0
+
+[intel.egress]
+client_new_names_per_day = 0
 
 [[alerts.wecom]]
 base_url = "{wecom_url}"

@@ -80,12 +80,7 @@ pub struct Tansu {
     proxy: Option<Proxy>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
+use crate::ports::free_port;
 
 impl Tansu {
     /// Starts a broker and waits until it answers metadata requests.
@@ -439,6 +434,7 @@ pub fn event(i: u64) -> Enriched {
             qtype: 1,
             qclass: 1,
             name: format!("host{i}.example.com"),
+            answer: None,
         },
         intel: None,
     }

@@ -41,6 +41,42 @@ pub fn check(config: &Config, check_interfaces: bool) -> Vec<Problem> {
             }
         }
     }
+    if check_interfaces {
+        // The host exports run these programs at every publication.
+        let export = &config.blocklist.export;
+        for (key, program, package) in [
+            (
+                "blocklist.export.nft.program",
+                export.nft.as_ref().map(|s| &s.program),
+                "nftables",
+            ),
+            (
+                "blocklist.export.ipset.program",
+                export.ipset.as_ref().map(|s| &s.program),
+                "ipset",
+            ),
+        ] {
+            let Some(program) = program else { continue };
+            match std::process::Command::new(program)
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .output()
+            {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => add(
+                    key,
+                    format!("{} --version: {}", program.display(), o.status),
+                ),
+                Err(e) => add(
+                    key,
+                    format!(
+                        "cannot run {}: {e} (install the Debian package `{package}`)",
+                        program.display()
+                    ),
+                ),
+            }
+        }
+    }
     if (!config.trust.domains.is_empty() || !config.trust.files.is_empty())
         && let Err(e) = sensor_intel::trust::TrustFilter::new(&config.trust)
     {
@@ -54,6 +90,14 @@ pub fn check(config: &Config, check_interfaces: bool) -> Vec<Problem> {
     }
     if let Err(e) = config.metrics.address() {
         add("metrics.listen", e.to_string());
+    }
+    // The EDL's certificate and key load and match (as the start, and each SIGHUP, will).
+    if let (Some(c), Some(k)) = (
+        &config.blocklist.edl.tls_cert,
+        &config.blocklist.edl.tls_key,
+    ) && let Err(e) = sensor_blocklist::edl_tls::CertSource::open(c, k)
+    {
+        add("blocklist.edl.tls_cert", e.to_string());
     }
     // Secrets: readable now (a file the service user cannot read, an unset variable); the
     // values are read and dropped, never printed.
@@ -138,6 +182,9 @@ key = {{ env = "DNS_SENSOR_CHECK_TEST_UNSET" }}
 
 [metrics]
 listen = "not an address"
+
+[blocklist.export.nft]
+program = "/nonexistent/nft"
 "#,
             d = dir.path().display()
         );
@@ -155,6 +202,7 @@ listen = "not an address"
             "trust.files",
             "alerts.inventory",
             "alerts.wecom.key",
+            "blocklist.export.nft.program",
         ] {
             assert!(keys.contains(&key), "{key} not reported: {problems:?}");
         }

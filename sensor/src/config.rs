@@ -32,6 +32,8 @@ pub struct Config {
     pub alerts: sensor_outputs::alert::AlertsSection,
     #[serde(default)]
     pub metrics: sensor_outputs::metrics::MetricsSection,
+    #[serde(default)]
+    pub pdns: sensor_pdns::config::PdnsSection,
     /// `[kafka]`: off unless the section is present.
     pub kafka: Option<sensor_outputs::sink::kafka::KafkaSection>,
     /// `[elasticsearch]`: off unless the section is present.
@@ -47,6 +49,10 @@ pub struct SensorSection {
     pub name: String,
     /// Directory on bpffs under which `<name>/` holds the pinned maps.
     pub pin_root: PathBuf,
+    /// Give up the capabilities that loaded and attached the program once that is done (keeping
+    /// CAP_NET_ADMIN only for the nft/ipset exports, CAP_NET_BIND_SERVICE only for a port
+    /// below 1024). Off only to diagnose a kernel that refuses map access without them.
+    pub drop_capabilities: bool,
 }
 
 impl Default for SensorSection {
@@ -54,6 +60,7 @@ impl Default for SensorSection {
         Self {
             name: "default".into(),
             pin_root: PathBuf::from(sensor_model::paths::PIN_ROOT),
+            drop_capabilities: true,
         }
     }
 }
@@ -105,6 +112,15 @@ impl Config {
                 ),
             });
         }
+        if !(1..=300).contains(&self.capture.response_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                key: "capture.response_timeout_secs",
+                message: format!(
+                    "needs 1 to 300 seconds, got {}",
+                    self.capture.response_timeout_secs
+                ),
+            });
+        }
         for ifname in &self.capture.interfaces {
             if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
                 return Err(ConfigError::Invalid {
@@ -113,8 +129,13 @@ impl Config {
                 });
             }
         }
-        parse_nets("filter.client_allow", &self.filter.client_allow)?;
-        parse_nets("blocklist.entries", &self.blocklist.entries)?;
+        let client_allow = parse_nets("filter.client_allow", &self.filter.client_allow)?;
+        self.filter.widest_prefix.check(
+            "filter.client_allow",
+            "filter.widest_prefix",
+            &client_allow,
+        )?;
+        self.blocklist.validate()?;
         if self.output.kind == OutputKind::File && self.output.path.is_none() {
             return Err(ConfigError::Invalid {
                 key: "output.path",
@@ -131,9 +152,9 @@ impl Config {
         self.intel.validate()?;
         self.alerts.validate()?;
         self.metrics.address()?;
+        self.pdns.validate()?;
         self.blocklist.schedule.parse()?;
-        self.blocklist.policy.validate()?;
-        self.blocklist.edl.validate()?;
+        self.blocklist.export.validate()?;
         if let Some(es) = &self.elasticsearch {
             es.validate()?;
         }
@@ -156,10 +177,35 @@ impl Config {
         JobContext {
             blocklist: self.blocklist.clone(),
             threatbook: self.intel.threatbook.clone(),
-            client_allow: self.client_allow(),
+            rules: self.rule_inputs(),
             alerts: self.alerts.clone(),
             sensor_name: self.sensor.name.clone(),
             pin_dir: self.pin_dir(),
+        }
+    }
+
+    /// What the blocklist's rules need from the rest of the config: the clients never
+    /// reported, and every endpoint the sensor talks to (protected from blocking).
+    pub fn rule_inputs(&self) -> sensor_blocklist::publish::RuleInputs {
+        let mut endpoints: Vec<String> = Vec::new();
+        if let Some(es) = &self.elasticsearch {
+            endpoints.extend(es.urls.iter().cloned());
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(k) = &self.kafka {
+            endpoints.extend(k.brokers.iter().cloned());
+        }
+        if let Some(tb) = &self.intel.threatbook {
+            endpoints.push(tb.base_url.clone());
+        }
+        endpoints.extend(self.alerts.wecom.iter().map(|w| w.base_url.clone()));
+        endpoints.extend(self.alerts.webhook.iter().map(|w| w.url.clone()));
+        if !self.blocklist.sources.is_empty() {
+            endpoints.push(self.blocklist.elasticsearch.url.clone());
+        }
+        sensor_blocklist::publish::RuleInputs {
+            client_allow: self.client_allow(),
+            endpoints,
         }
     }
 
@@ -219,6 +265,31 @@ mod tests {
         assert_eq!(c.capture.dns_ports, vec![53]);
         assert_eq!(c.output.kind, OutputKind::Stdout);
         assert_eq!(c.pin_dir(), PathBuf::from("/sys/fs/bpf/dns-sensor/default"));
+        assert!(c.pdns.enabled);
+        assert_eq!(c.pdns.retention_days, 30);
+        assert_eq!(
+            c.pdns.path,
+            PathBuf::from("/var/lib/dns-sensor/pdns/pdns.sqlite")
+        );
+    }
+
+    #[test]
+    fn pdns_section_rejects_unknown_keys_and_names_bad_values() {
+        let err = Config::from_toml("[pdns]\nretention = 7\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention") && err.contains("line 2"), "{err}");
+        let err = Config::from_toml("[pdns]\nretention_days = 0\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pdns.retention_days"), "{err}");
+        let c = Config::from_toml(
+            "[pdns]\nenabled = false\npath = \"/srv/pdns.sqlite\"\nretention_days = 90\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!c.pdns.enabled);
+        assert_eq!(c.pdns.retention().unwrap().get(), 90);
     }
 
     #[test]
@@ -253,5 +324,11 @@ mod tests {
         assert_eq!(full.alerts.wecom.len(), 1);
         assert_eq!(full.alerts.webhook.len(), 1);
         assert_eq!(full.alerts.wecom[0].max_per_minute, 20);
+        let export = &full.blocklist.export;
+        assert_eq!(export.fortigate, Some(Default::default()));
+        assert_eq!(export.checkpoint, Some(Default::default()));
+        assert_eq!(export.mikrotik, Some(Default::default()));
+        assert_eq!(export.nft, Some(Default::default()));
+        assert_eq!(export.ipset, Some(Default::default()));
     }
 }

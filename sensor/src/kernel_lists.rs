@@ -8,28 +8,31 @@ use sensor_common::{AllowValue, BlockValue};
 
 use crate::config::Config;
 
+use sensor_blocklist::publish::{self, KernelTarget};
 use sensor_kernel::lists::PrefixMap;
 
 use sensor_model::reload::{Reload, ReloadCounters, ReloadError};
 
-/// Installs the config's `filter.client_allow`, and `blocklist.entries` beside the stored
-/// nightly list (entries not yet expired). Returns how many entries each map holds.
+/// Installs the config's `filter.client_allow`, and the blocklist re-planned with the rules in
+/// force now (stored entries not yet expired, `blocklist.entries` with holes for protected and
+/// operator-decided addresses). Returns how many entries each map holds. A corrupt or
+/// unreadable state file is an error naming it.
 pub fn install(
     config: &Config,
     allow: &mut PrefixMap<AllowValue>,
     block: &mut PrefixMap<BlockValue>,
-) -> Result<(usize, usize), sensor_kernel::lists::PrefixError> {
+) -> anyhow::Result<(usize, usize)> {
     let allowed = config.client_allow();
     allow.replace_all(&allowed)?;
-    let blocked = match sensor_blocklist::daemon::install_stored(&config.blocklist, block) {
-        Some(report) => report.total,
-        None => {
-            let static_entries = config.blocklist();
-            block.replace_all(&static_entries)?;
-            static_entries.len()
-        }
-    };
-    Ok((allowed.len(), blocked))
+    let (_, published) = publish::replan(
+        &config.blocklist,
+        &config.rule_inputs(),
+        time::OffsetDateTime::now_utc(),
+        None,
+        KernelTarget::Map(block),
+        true,
+    )?;
+    Ok((allowed.len(), published.kernel.map_or(0, |k| k.total)))
 }
 
 /// Re-reads the config file on SIGHUP and installs its kernel lists.
@@ -39,6 +42,9 @@ pub struct KernelLists {
     /// restart rather than half-applied.
     started_with: Config,
     maps: Mutex<(PrefixMap<AllowValue>, PrefixMap<BlockValue>)>,
+    /// The rules the sweep, the nightly run and the EDL check apply: updated with what was
+    /// installed, so they keep it rather than the start's.
+    live: sensor_blocklist::daemon::Live,
     pub counters: ReloadCounters,
 }
 
@@ -56,11 +62,13 @@ impl KernelLists {
         started_with: Config,
         allow: PrefixMap<AllowValue>,
         block: PrefixMap<BlockValue>,
+        live: sensor_blocklist::daemon::Live,
     ) -> Self {
         Self {
             files: [config_file],
             started_with,
             maps: Mutex::new((allow, block)),
+            live,
             counters: ReloadCounters::default(),
         }
     }
@@ -70,6 +78,8 @@ impl KernelLists {
         let mut rest = new.clone();
         rest.filter = self.started_with.filter.clone();
         rest.blocklist.entries = self.started_with.blocklist.entries.clone();
+        // `[blocklist.export]` is applied by `install` below too.
+        rest.blocklist.export = self.started_with.blocklist.export.clone();
         // `--interface` replaces the file's interfaces at start; that is not a change.
         rest.capture.interfaces = self.started_with.capture.interfaces.clone();
         if rest != self.started_with {
@@ -80,7 +90,14 @@ impl KernelLists {
         }
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         let (allow, block) = &mut *maps;
-        let (a, b) = install(&new, allow, block).map_err(|e| ReloadError::Other(Box::new(e)))?;
+        let (a, b) = install(&new, allow, block).map_err(|e| ReloadError::Other(e.into()))?;
+        let (entries, rules) = (new.blocklist.entries.clone(), new.rule_inputs());
+        self.live.rcu(|ctx| {
+            let mut ctx = (**ctx).clone();
+            ctx.blocklist.entries = entries.clone();
+            ctx.rules.client_allow = rules.client_allow.clone();
+            ctx
+        });
         tracing::info!(
             client_allow = a,
             blocklist = b,

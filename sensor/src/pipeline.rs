@@ -10,16 +10,30 @@
 //! Every queue is bounded by `output.queue_size`; a full one is a counted drop at its sender
 //! (`output_queue_full`, `enrich_*`, each sink's `queue/queue_full`), never a stall of the ring
 //! buffer. Beside the event path: the reload watcher (SIGHUP and list files), the EDL server
-//! and the nightly schedule, and the metrics endpoint.
+//! and the nightly schedule, the metrics endpoint, and the kernel program's own diagnostics
+//! (`klog`, aya-log: logged, never on the event path).
+//!
+//! The two HTTP servers (EDL, metrics), their fetch tracking and its silence alerts run on a
+//! thread and runtime of their own ([`ServerThread`]): a flood on their ports queues there, never
+//! in front of the ring-buffer reader on this runtime.
 //!
 //! Only this module and the CLI see the root [`Config`]: every stage is built from its own
 //! section.
 
-use std::{collections::HashMap, os::fd::AsRawFd, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::Context as _;
 use aya::{Ebpf, maps::MapData};
-use sensor_blocklist::{daemon, edl, job::JobContext};
+use sensor_blocklist::{daemon, edl};
 use sensor_intel::{
     enrich::{EnrichCounters, Enricher, HitSink},
     inventory::{Inventory, InventoryReload},
@@ -27,7 +41,9 @@ use sensor_intel::{
 };
 use sensor_kernel::{
     config::OnCrash,
+    klog::KernelLog,
     loader::{self, Attachments, BLOCKLIST_MAPS, Maps, ProgramSettings},
+    pairing::{self, Pairing},
     reader,
 };
 use sensor_model::{
@@ -38,7 +54,8 @@ use sensor_model::{
 };
 use sensor_outputs::{
     alert::{Alerter, hits::AlertHits},
-    metrics::Sources,
+    httpd::{Gate, ServerThread},
+    metrics::{Health, Sources},
     output::JsonLines,
     sink::{Fanout, Sink, elastic::ElasticSink},
 };
@@ -140,7 +157,11 @@ pub struct Pipeline {
     // then the program, then the pins, then the lock.
     attachments: loader::Attachments,
     ebpf: Ebpf,
+    /// The program's own diagnostics (aya-log), read from before the attachment until shutdown.
+    kernel_log: Option<KernelLog>,
     events: aya::maps::RingBuf<MapData>,
+    /// Pairs responses with their queries (in the reader).
+    pairing: Pairing,
     kernel_counters: aya::maps::PerCpuArray<MapData, sensor_common::Counters>,
     pins: PinGuard,
     lock: InstanceLock,
@@ -153,9 +174,19 @@ pub struct Pipeline {
     reloaders: Vec<Arc<dyn Reload>>,
     edl: Option<(edl::EdlList, edl::EdlServer)>,
     edl_stop: oneshot::Sender<()>,
-    nightly: Option<Arc<JobContext>>,
-    metrics: Option<tokio::net::TcpListener>,
+    /// `[blocklist.schedule]` enabled: the nightly run inside the daemon.
+    nightly: bool,
+    /// The blocklist rules in force (SIGHUP updates them), for the nightly run, the periodic
+    /// re-plan (expiries, protected addresses, always on) and the EDL check.
+    live: daemon::Live,
+    metrics: Option<(tokio::net::TcpListener, Arc<Gate>)>,
     sources: Sources,
+    health: Health,
+    /// Unix milliseconds of the reader's last pass over the ring buffer.
+    reader_heartbeat: Arc<AtomicU64>,
+    servers: ServerThread,
+    alerts: sensor_outputs::alert::AlertsSection,
+    sensor_name: String,
     to_enrich: Queue<Query>,
     to_sinks: Queue<Enriched>,
 }
@@ -192,6 +223,8 @@ impl Pipeline {
 
         let mut ebpf = loader::load(&ProgramSettings::from_section(capture), Some(&pin_dir))?;
         let mut maps = Maps::take(&mut ebpf)?;
+        // Before attaching, so no record is missed; without it the sensor runs on (one warning).
+        let kernel_log = KernelLog::start(&mut ebpf);
         // The stored nightly list and the config's entries go in by difference, so a kept
         // BLOCKLIST (keep_on_exit, keep-blocking) keeps its hit counters across the restart.
         crate::kernel_lists::install(config, &mut maps.client_allow, &mut maps.blocklist)?;
@@ -203,6 +236,19 @@ impl Pipeline {
             &pin_dir,
             keep_blocking,
         )?;
+        if config.sensor.drop_capabilities {
+            let keep = capabilities_kept(config);
+            let d = sensor_kernel::capdrop::drop_after_start(keep)?;
+            tracing::info!(
+                effective = format!("{:#x}", d.effective),
+                permitted = format!("{:#x}", d.permitted),
+                ambient = format!("{:#x}", d.ambient),
+                bounding = format!("{:#x}", d.bounding),
+                threads = d.threads,
+                kept = ?keep,
+                "capabilities dropped after attaching"
+            );
+        }
         tracing::info!(
             interfaces = ?capture.interfaces,
             links = ?attachments.describe(),
@@ -210,6 +256,7 @@ impl Pipeline {
             mode = ?capture.mode,
             xdp_mode = ?capture.xdp_mode,
             pins = %pin_dir.display(),
+            kernel_log = kernel_log.is_some(),
             client_allow = config.filter.client_allow.len(),
             blocklist = config.blocklist.entries.len(),
             "sensor attached"
@@ -217,12 +264,14 @@ impl Pipeline {
 
         let intel = sensor_intel::setup::build(&config.trust, &config.intel)?;
         let mut reloaders = intel.reloaders.clone();
+        let live: daemon::Live = Arc::new(arc_swap::ArcSwap::from_pointee(config.job_context()));
         if let Some(file) = config_file {
             reloaders.push(Arc::new(KernelLists::new(
                 file,
                 config.clone(),
                 maps.client_allow,
                 maps.blocklist,
+                live.clone(),
             )));
         }
         let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
@@ -240,23 +289,57 @@ impl Pipeline {
         } else {
             Some(Alerter::spawn(&config.alerts, inventory.clone())?)
         };
+        let servers = ServerThread::start().context("starting the HTTP server thread")?;
         let (edl_stop, edl_stop_rx) = oneshot::channel::<()>();
-        let edl = daemon::start_edl(&config.blocklist.edl, async {
-            let _ = edl_stop_rx.await;
-        })
-        .await?;
-        if let Some((list, _)) = &edl {
+        let edl = {
+            let section = config.blocklist.edl.clone();
+            let exports = config.blocklist.export.clone();
+            servers
+                .handle()
+                .spawn(async move {
+                    daemon::start_edl(&section, &exports, async {
+                        let _ = edl_stop_rx.await;
+                    })
+                    .await
+                })
+                .await
+                .context("EDL server start")??
+        };
+        if let Some((list, server)) = &edl {
             reloaders.push(Arc::new(daemon::EdlFile {
+                kind: edl::ListKind::Edl,
                 list: list.clone(),
                 files: vec![config.blocklist.edl.path.clone()],
                 counters: Default::default(),
+                live: live.clone(),
             }));
+            // The export files served next to the EDL: checked and served now (the exports were
+            // just written by the start's install), then whenever their file changes. A missing
+            // or bad file is logged and answered with 503 until a good one is written.
+            for extra in &server.extra {
+                let file = Arc::new(daemon::EdlFile {
+                    kind: extra.kind,
+                    list: extra.list.clone(),
+                    files: vec![extra.list.path().to_owned()],
+                    counters: Default::default(),
+                    live: live.clone(),
+                });
+                let first = file.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    use sensor_model::reload::Reload;
+                    first.reload()
+                })
+                .await
+                .context("first load of a served export list")?;
+                reloaders.push(file);
+            }
+            if let Some(tls) = &server.tls {
+                reloaders.push(Arc::new(sensor_blocklist::edl_tls::TlsReload::new(
+                    tls.clone(),
+                )));
+            }
         }
-        let nightly = config
-            .blocklist
-            .schedule
-            .enabled
-            .then(|| Arc::new(config.job_context()));
+        let nightly = config.blocklist.schedule.enabled;
 
         let enrich_counters = Arc::new(EnrichCounters::default());
         let enricher = Enricher {
@@ -264,6 +347,7 @@ impl Pipeline {
             trust: intel.trust.clone(),
             verdicts: intel.verdicts.clone(),
             ip_feeds: intel.ip_feeds.clone(),
+            egress: intel.egress.clone(),
             hits: alerter.as_ref().map(|a| {
                 Arc::new(AlertHits {
                     submitter: a.submitter(),
@@ -288,10 +372,16 @@ impl Pipeline {
         let fanout = Fanout::new(sinks);
 
         telemetry::kernel(&mut sources, pin_dir.clone());
+        if config.blocklist.export.any() {
+            telemetry::exports(&mut sources);
+        }
         telemetry::reader(&mut sources, stage_counters.clone());
         telemetry::enrich(&mut sources, enrich_counters.clone());
         if let Some(v) = &intel.verdicts {
             telemetry::intel(&mut sources, v.clone());
+        }
+        if let Some(e) = &intel.egress {
+            telemetry::egress(&mut sources, e.counters.clone());
         }
         if let Some(a) = &alerter {
             telemetry::alerts(&mut sources, a.stats_handle());
@@ -300,21 +390,56 @@ impl Pipeline {
             let sink = sink.clone();
             sources.add(move |out| out.extend(sink.metrics()));
         }
+        if let Some((_, server)) = &edl {
+            let stats = server.stats.clone();
+            sources.add(move |out| stats.metrics(out));
+        }
         let metrics = match config.metrics.address()? {
             Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                    format!("config key `metrics.listen`: cannot listen on {addr}")
-                })?;
+                // Bound on the server thread: a listener belongs to the runtime it was made on.
+                let listener = servers
+                    .handle()
+                    .spawn(tokio::net::TcpListener::bind(addr))
+                    .await
+                    .context("metrics listener")?
+                    .with_context(|| {
+                        format!("config key `metrics.listen`: cannot listen on {addr}")
+                    })?;
+                let gate = Gate::new(
+                    "metrics",
+                    config.metrics.limits.clone(),
+                    sensor_model::error::parse_nets(
+                        "metrics.allowed_clients",
+                        &config.metrics.allowed_clients,
+                    )?,
+                    None,
+                    Vec::new(),
+                );
+                let gate_for_metrics = gate.clone();
+                sources.add(move |out| gate_for_metrics.metrics(out));
                 tracing::info!(%addr, "metrics on http://{addr}/metrics");
-                Some(listener)
+                Some((listener, gate))
             }
             None => None,
         };
+        let reader_heartbeat = Arc::new(AtomicU64::new(unix_millis()));
+        let health = health_checks(
+            &interfaces,
+            &reader_heartbeat,
+            &stage_counters,
+            fanout.sinks(),
+            edl.as_ref().map(|(l, _)| l.clone()),
+        );
 
         Ok(Self {
             attachments,
             ebpf,
+            kernel_log,
             events: maps.events,
+            pairing: Pairing::new(
+                Duration::from_secs(config.capture.response_timeout_secs),
+                pairing::DEFAULT_CAPACITY,
+            ),
             kernel_counters: maps.counters,
             pins,
             lock,
@@ -328,8 +453,14 @@ impl Pipeline {
             edl,
             edl_stop,
             nightly,
+            live,
             metrics,
             sources,
+            health,
+            reader_heartbeat,
+            servers,
+            alerts: config.alerts.clone(),
+            sensor_name: config.sensor.name.clone(),
             to_enrich,
             to_sinks,
         })
@@ -341,15 +472,39 @@ impl Pipeline {
             Watcher::new(self.reloaders)
                 .run(sensor_model::reload::sighup().context("installing the SIGHUP handler")?),
         );
-        let nightly = self.nightly.map(|ctx| {
+        let nightly = self.nightly.then(|| {
             tokio::spawn(daemon::schedule(
-                ctx,
+                self.live.clone(),
                 self.edl.as_ref().map(|(l, _)| l.clone()),
             ))
         });
+        let sweep = tokio::spawn(daemon::sweep(
+            self.live.clone(),
+            self.edl.as_ref().map(|(l, _)| l.clone()),
+            SWEEP_EVERY,
+        ));
         let sources = Arc::new(self.sources);
-        let metrics = self.metrics.map(|listener| {
-            tokio::spawn(sensor_outputs::metrics::serve(listener, sources.clone()))
+        let (metrics_stop, metrics_stop_rx) = oneshot::channel::<()>();
+        let metrics = self.metrics.map(|(listener, gate)| {
+            self.servers.handle().spawn(sensor_outputs::metrics::serve(
+                listener,
+                gate,
+                sources.clone(),
+                Arc::new(self.health),
+                async {
+                    let _ = metrics_stop_rx.await;
+                },
+            ))
+        });
+        let fetch_watch = self.edl.as_ref().map(|(_, server)| {
+            self.servers
+                .handle()
+                .spawn(sensor_blocklist::fetches::watch(
+                    server.stats.fetches.clone(),
+                    self.alerts.clone(),
+                    self.sensor_name.clone(),
+                    FETCH_WATCH_INTERVAL,
+                ))
         });
         tracing::debug!(
             from = self.to_enrich.name,
@@ -359,15 +514,18 @@ impl Pipeline {
         let enriching = tokio::spawn(self.enricher.run(self.to_enrich.rx, self.to_sinks.tx));
         let fanning = tokio::spawn(self.fanout.run(self.to_sinks.rx));
         let (stop, stop_rx) = watch::channel(false);
-        let reading = tokio::spawn(reader::run(
+        let reading = tokio::spawn(read_ring(
             self.events,
+            self.pairing,
             self.to_enrich.tx,
             self.stage_counters.clone(),
             stop_rx,
+            self.reader_heartbeat,
         ));
         Ok(Running {
             attachments: self.attachments,
             ebpf: self.ebpf,
+            kernel_log: self.kernel_log,
             kernel_counters: self.kernel_counters,
             _pins: self.pins,
             _lock: self.lock,
@@ -383,10 +541,157 @@ impl Pipeline {
             fanning,
             reload,
             nightly,
+            sweep,
             metrics,
+            metrics_stop,
+            fetch_watch,
+            servers: self.servers,
             sources,
         })
     }
+}
+
+/// How often the daemon re-plans the blocklist: an entry leaves the served lists within this of
+/// its expiry (the kernel stops enforcing it on the second by itself).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the EDL fetch records are written and silences checked.
+const FETCH_WATCH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The reader's loop ([`reader::run`]'s, plus a heartbeat `/healthz` reads): drains every
+/// [`reader::POLL_INTERVAL`] until `stop` fires, then returns the ring buffer so the caller can
+/// drain what is left after the program has been detached.
+async fn read_ring(
+    mut ring: aya::maps::RingBuf<MapData>,
+    mut pairing: Pairing,
+    tx: mpsc::Sender<Query>,
+    counters: Arc<StageCounters>,
+    mut stop: watch::Receiver<bool>,
+    heartbeat: Arc<AtomicU64>,
+) -> std::io::Result<ReaderParts> {
+    let mut tick = tokio::time::interval(reader::POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                reader::drain(&mut ring, &tx, &counters, &mut pairing);
+                heartbeat.store(unix_millis(), Ordering::Relaxed);
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    Ok((ring, pairing, tx))
+}
+
+/// What the reader task hands back at shutdown for the last drain.
+type ReaderParts = (aya::maps::RingBuf<MapData>, Pairing, mpsc::Sender<Query>);
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How long the reader may go without a pass before `/healthz` says it is not draining.
+const READER_STALL: Duration = Duration::from_secs(2);
+
+/// What `/healthz` checks: the program is still on every interface it was attached to, the
+/// reader drains, each sink delivers (or why not), the EDL has a list to serve.
+/// What the daemon still needs after attaching: CAP_NET_ADMIN for the exports that run `nft`
+/// or `ipset`, CAP_NET_BIND_SERVICE for a listener below port 1024.
+fn capabilities_kept(config: &Config) -> sensor_kernel::capdrop::Keep {
+    let low = |listen: &str| {
+        listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.port() < 1024)
+    };
+    let export = &config.blocklist.export;
+    sensor_kernel::capdrop::Keep {
+        net_admin: export.nft.is_some() || export.ipset.is_some(),
+        net_bind_service: low(&config.metrics.listen) || low(&config.blocklist.edl.listen),
+    }
+}
+
+fn health_checks(
+    interfaces: &HashMap<u32, String>,
+    heartbeat: &Arc<AtomicU64>,
+    stage: &Arc<StageCounters>,
+    sinks: &[Arc<dyn Sink>],
+    edl: Option<edl::EdlList>,
+) -> Health {
+    let mut h = Health::default();
+    let ifaces: Vec<(u32, String)> = interfaces.iter().map(|(i, n)| (*i, n.clone())).collect();
+    h.add("program", move || {
+        // An interface deleted (or deleted and re-created) loses its XDP program with it.
+        for (index, name) in &ifaces {
+            match nix::net::if_::if_nametoindex(name.as_str()) {
+                Ok(i) if i == *index => {}
+                Ok(_) => return Err(format!("{name} was re-created: the program is not on it")),
+                Err(_) => return Err(format!("{name} is gone")),
+            }
+        }
+        Ok(format!("attached to {} interface(s)", ifaces.len()))
+    });
+    let beat = heartbeat.clone();
+    h.add("reader", move || {
+        let age = unix_millis().saturating_sub(beat.load(Ordering::Relaxed));
+        if age > READER_STALL.as_millis() as u64 {
+            Err(format!("no pass over the ring buffer for {age} ms"))
+        } else {
+            Ok(format!("last pass {age} ms ago"))
+        }
+    });
+    let stage = stage.clone();
+    let last_errors = std::sync::Mutex::new(0u64);
+    h.add("output", move || {
+        let errors = stage.write_errors.load(Ordering::Relaxed);
+        let mut last = last_errors.lock().unwrap_or_else(|p| p.into_inner());
+        let new = errors - (*last).min(errors);
+        *last = errors;
+        if new > 0 {
+            Err(format!("{new} write errors since the last check"))
+        } else {
+            Ok(format!("{} written", stage.written.load(Ordering::Relaxed)))
+        }
+    });
+    for sink in sinks {
+        let sink = sink.clone();
+        let name = sink.name();
+        if name == "output" {
+            continue;
+        }
+        h.add(name, move || {
+            let m = sink.metrics();
+            let value = |suffix: &str| {
+                m.iter()
+                    .filter(|x| x.name.ends_with(suffix))
+                    .map(|x| x.value)
+                    .sum::<f64>()
+            };
+            let up = m.iter().find(|x| x.name.ends_with("_up")).map(|x| x.value);
+            let detail = format!(
+                "delivered {}, dropped {}, queued {}",
+                value("_delivered") + value("_indexed"),
+                value("_dropped"),
+                value("_queued"),
+            );
+            match up {
+                // `_up` is 0 until the first request succeeds, and after one fails.
+                Some(v) if v < 1.0 => Err(format!(
+                    "server not reached (last request failed, or none yet; {detail})"
+                )),
+                _ => Ok(detail),
+            }
+        });
+    }
+    if let Some(list) = edl {
+        h.add("edl", move || match list.current() {
+            Some(s) => Ok(format!("serving {} bytes", s.body.len())),
+            // Reported, not failing: a new install serves nothing until its first nightly run.
+            None => Ok("no list published yet (firewalls get 503)".into()),
+        });
+    }
+    h
 }
 
 /// The sinks in fan-out order: Kafka, Elasticsearch, then the JSON-lines output.
@@ -421,6 +726,20 @@ fn build_sinks(
             inventory.clone(),
         )?));
     }
+    // Answers into the passive DNS store (opened at the first one).
+    if config.pdns.enabled && config.capture.responses {
+        sinks.push(Arc::new(sensor_outputs::sink::pdns::PdnsSink::start(
+            &config.pdns,
+        )?));
+    }
+    if sensor_outputs::output::stdout_is_unwanted_journal(&config.output) {
+        tracing::warn!(
+            "output.kind = \"stdout\" and stdout is the systemd journal: JSON lines are not \
+             written (every query would go to the journal); set output.kind = \"file\", or \
+             output.journal = true to write them there anyway"
+        );
+        return Ok(sinks);
+    }
     let output = JsonLines::start(
         &config.output,
         observer.clone(),
@@ -437,6 +756,7 @@ fn build_sinks(
 pub struct Running {
     attachments: Attachments,
     ebpf: Ebpf,
+    kernel_log: Option<KernelLog>,
     kernel_counters: aya::maps::PerCpuArray<MapData, sensor_common::Counters>,
     _pins: PinGuard,
     _lock: InstanceLock,
@@ -447,12 +767,16 @@ pub struct Running {
     edl: Option<(edl::EdlList, edl::EdlServer)>,
     edl_stop: oneshot::Sender<()>,
     stop: watch::Sender<bool>,
-    reading: JoinHandle<std::io::Result<(aya::maps::RingBuf<MapData>, mpsc::Sender<Query>)>>,
+    reading: JoinHandle<std::io::Result<ReaderParts>>,
     enriching: JoinHandle<()>,
     fanning: JoinHandle<Fanout>,
     reload: JoinHandle<()>,
     nightly: Option<JoinHandle<()>>,
-    metrics: Option<JoinHandle<std::io::Result<()>>>,
+    sweep: JoinHandle<()>,
+    metrics: Option<JoinHandle<()>>,
+    metrics_stop: oneshot::Sender<()>,
+    fetch_watch: Option<JoinHandle<()>>,
+    servers: ServerThread,
     sources: Arc<Sources>,
 }
 
@@ -464,9 +788,13 @@ impl Running {
         // behind in the ring buffer.
         self.attachments.detach();
         drop(self.ebpf);
+        // The program's last log records, if any, then the reader stops.
+        if let Some(k) = self.kernel_log {
+            k.stop().await;
+        }
         let _ = self.stop.send(true);
-        let (mut ring, tx) = self.reading.await.context("reader task")??;
-        reader::drain(&mut ring, &tx, &self.stage_counters);
+        let (mut ring, mut pairing, tx) = self.reading.await.context("reader task")??;
+        reader::drain(&mut ring, &tx, &self.stage_counters, &mut pairing);
         drop(tx);
         // The enricher ends when its input closes and its waiting events have gone on.
         self.enriching.await.context("enrichment task")?;
@@ -475,15 +803,25 @@ impl Running {
         if let Some(t) = self.nightly {
             t.abort();
         }
+        self.sweep.abort();
         let _ = self.edl_stop.send(());
-        if let Some((_, server)) = self.edl {
-            let _ = server.task.await;
-        }
-        // The collectors hold the sinks too: stop serving metrics and drop them first.
-        if let Some(t) = self.metrics {
+        if let Some(t) = self.fetch_watch {
             t.abort();
             let _ = t.await;
         }
+        if let Some((_, server)) = self.edl {
+            let _ = server.task.await;
+            if let Err(e) = server.stats.fetches.persist() {
+                tracing::warn!(error = %e, "EDL fetch records not written");
+            }
+        }
+        // The collectors hold the sinks too: stop serving metrics and drop them first.
+        let _ = self.metrics_stop.send(());
+        if let Some(t) = self.metrics {
+            let _ = t.await;
+        }
+        // Ends the server thread: its connections (and their handles on the sinks) go.
+        drop(self.servers);
         drop(self.sources);
         fanout.shutdown(SHUTDOWN_GRACE).await;
         if let Some(a) = self.alerter {
@@ -517,6 +855,8 @@ fn log_counters(
             packets = k.packets,
             dns_queries = k.dns_queries,
             events = k.events,
+            dns_responses = k.dns_responses,
+            response_events = k.response_events,
             allowlisted = k.allowlisted,
             blocked = k.blocked,
             ring_full = k.ring_full,
@@ -530,6 +870,10 @@ fn log_counters(
         output_queue_full = stage[2].1,
         written = stage[3].1,
         write_errors = stage[4].1,
+        responses_paired = stage[5].1,
+        responses_unpaired = stage[6].1,
+        queries_unanswered = stage[7].1,
+        pairing_full = stage[8].1,
         "userspace counters at exit"
     );
     tracing::info!(counters = ?enrich.snapshot(), "enrichment counters at exit");

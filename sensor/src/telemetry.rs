@@ -14,6 +14,7 @@ use sensor_outputs::{
 use sensor_intel::{
     batch::REASONS,
     cache::{Source, VerdictCache},
+    egress::{EgressCounters, Skip},
     enrich::EnrichCounters,
 };
 
@@ -176,6 +177,28 @@ pub fn intel(sources: &mut Sources, verdicts: Arc<VerdictCache>) {
     });
 }
 
+/// Names not sent to remote providers, by reason (`[intel.egress]`): a fixed label set.
+pub fn egress(sources: &mut Sources, counters: Arc<EgressCounters>) {
+    sources.add(move |out| {
+        for skip in [
+            Skip::SpecialUse,
+            Skip::Reverse,
+            Skip::Internal,
+            Skip::ClientBudget,
+            Skip::BudgetTableFull,
+        ] {
+            out.push(
+                Metric::counter(
+                    "intel_not_sent",
+                    "Events whose name was not sent to a remote provider, by reason.",
+                    counters.get(skip),
+                )
+                .label("reason", skip.as_str()),
+            );
+        }
+    });
+}
+
 pub fn alerts(sources: &mut Sources, stats: StatsHandle) {
     sources.add(move |out| {
         let s = stats.snapshot();
@@ -252,6 +275,54 @@ pub fn alerts(sources: &mut Sources, stats: StatsHandle) {
                     *v,
                 )
                 .label("reason", reason.clone()),
+            );
+        }
+    });
+}
+
+/// `[blocklist.export]`: per target (a fixed set of label values), refreshes that worked and
+/// failed, entries left out, the elements of the last good refresh and when it was.
+pub fn exports(sources: &mut Sources) {
+    use std::sync::atomic::Ordering::Relaxed;
+    sources.add(|out| {
+        for target in sensor_blocklist::export::TARGETS {
+            let Some(c) = sensor_blocklist::export::counters(target) else {
+                continue;
+            };
+            for (name, help, v) in [
+                (
+                    "blocklist_export_ok",
+                    "Export refreshes that succeeded.",
+                    c.ok.load(Relaxed),
+                ),
+                (
+                    "blocklist_export_failed",
+                    "Export refreshes that failed (the target kept its previous content).",
+                    c.failed.load(Relaxed),
+                ),
+                (
+                    "blocklist_export_left_out",
+                    "Entries a format could not carry (IPv6 for Check Point) or over its limit.",
+                    c.left_out.load(Relaxed),
+                ),
+            ] {
+                out.push(Metric::counter(name, help, v).label("target", target));
+            }
+            out.push(
+                Metric::gauge(
+                    "blocklist_export_elements",
+                    "Entries (or set elements) written by the last good refresh.",
+                    c.elements.load(Relaxed) as f64,
+                )
+                .label("target", target),
+            );
+            out.push(
+                Metric::gauge(
+                    "blocklist_export_last_ok_unix",
+                    "When the last good refresh was (Unix seconds; 0 = none yet).",
+                    c.last_ok_unix.load(Relaxed) as f64,
+                )
+                .label("target", target),
             );
         }
     });

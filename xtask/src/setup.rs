@@ -34,6 +34,13 @@ const TEST_PACKAGES: &[&str] = &[
     // systemd-analyze (verify, syscall-filter) without systemd as PID 1.
     "strace",
     "systemd",
+    // tests/blocklist_firewall.rs and `sensor-bench firewall-export`: the host exports against
+    // the real nft and ipset, and iptables rules that match an ipset.
+    "nftables",
+    "ipset",
+    "iptables",
+    // tests/responses.rs: a real recursive resolver serving a local zone behind a gateway.
+    "unbound",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

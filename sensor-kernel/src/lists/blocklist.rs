@@ -1,12 +1,14 @@
 //! The nightly list in the kernel: installing it into `BLOCKLIST` (and its `BLOCK_FILTER`) of a
 //! running sensor, and `sensor blocklist show`.
 //!
-//! Installing applies the difference, in the order `prefixes.rs` keeps safe: filter bits for the
-//! union of old and new first, then new entries added and changed expiries updated in place (an
-//! LPM trie update replaces the node atomically, so the entry is never missing), then entries
-//! that went away removed, then the filter recomputed. Entries that stay keep their hit
-//! counters; for the ones whose expiry changes, packets counted between reading the counter and
-//! writing the new value (a few microseconds) are lost, which the map API cannot avoid.
+//! Installing applies the difference, in the order `lists/mod.rs` keeps safe: a final set larger
+//! than the map's capacity refused before anything changes, filter bits for the union of old and
+//! new, entries that went away removed (first, so a map near its capacity never holds old plus
+//! new at once), then new entries added and changed expiries updated in place (an LPM trie
+//! update replaces the node atomically, so the entry is never missing), then the filter
+//! recomputed. Entries that stay keep their hit counters; for the ones whose expiry changes,
+//! packets counted between reading the counter and writing the new value (a few microseconds)
+//! are lost, which the map API cannot avoid.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -98,6 +100,11 @@ pub fn install(
 }
 
 /// [`install`] into a map handle (the daemon's own `Maps::blocklist`, or [`open_pinned`]).
+///
+/// More entries (after merging duplicates) than the map holds: refused with
+/// [`PrefixError::OverCapacity`] (as [`KernelError::Prefix`]) before anything is written; the
+/// map keeps its entries and the caller reports the failure (a publish fails with it and is
+/// retried by the next one, a start stops, a SIGHUP counts a failed reload).
 pub fn install_into(
     map: &mut PrefixMap<BlockValue>,
     entries: &[(IpNet, u64)],
@@ -113,6 +120,7 @@ pub fn install_into(
         wanted.insert(canonical_net(&net.trunc()), 0);
     }
     let current = map.entries()?;
+    map.check_capacity(wanted.len(), current.len())?;
     let mut report = InstallReport::default();
     let map_err = |e: aya::maps::MapError| {
         KernelError::Prefix(PrefixError::Map {
@@ -122,6 +130,14 @@ pub fn install_into(
     };
 
     map.write_filter(&filter_words(current.keys().chain(wanted.keys()).copied()))?;
+    // Removals first: the map never holds old and new at once, so a final set that fits never
+    // overflows it on the way.
+    for net in current.keys() {
+        if !wanted.contains_key(net) {
+            map.trie.remove(&lpm_key(net)).map_err(map_err)?;
+            report.removed += 1;
+        }
+    }
     for (net, &expires) in &wanted {
         let key = lpm_key(net);
         match current.get(net) {
@@ -154,12 +170,6 @@ pub fn install_into(
                     .map_err(map_err)?;
                 report.updated += 1;
             }
-        }
-    }
-    for net in current.keys() {
-        if !wanted.contains_key(net) {
-            map.trie.remove(&lpm_key(net)).map_err(map_err)?;
-            report.removed += 1;
         }
     }
     map.write_filter(&filter_words(wanted.keys().copied()))?;

@@ -3,10 +3,15 @@
 //! The order of operations keeps the kernel's view safe at every instant: filter bits are set
 //! before an entry is inserted (a clear bit must prove absence), and the filter is recomputed
 //! only after entries are removed (a stale set bit only costs one trie lookup).
+//!
+//! Entries that go away are removed before new ones are added, so a map near its capacity
+//! (`max_entries`) never holds old plus new at once: an install whose final set fits always
+//! fits on the way. A final set larger than the capacity is refused before anything is touched
+//! ([`PrefixError::OverCapacity`]); the map keeps what it held.
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{Array, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::{IpNet, Ipv4Net};
 use sensor_common::{LpmAddr, PREFIX_FILTER_WORDS, ipv4_mapped, prefix_filter_bucket};
 
@@ -16,6 +21,17 @@ pub enum PrefixError {
     Map {
         map: &'static str,
         source: aya::maps::MapError,
+    },
+    /// Nothing was changed: the map holds what it held before.
+    #[error(
+        "map {map}: {wanted} entries do not fit its capacity of {capacity}; nothing was installed \
+         (the map keeps its {current} entries)"
+    )]
+    OverCapacity {
+        map: &'static str,
+        wanted: usize,
+        capacity: usize,
+        current: usize,
     },
 }
 
@@ -140,30 +156,62 @@ impl<V: aya::Pod + Default> PrefixMap<V> {
         Ok(out)
     }
 
+    /// How many entries the trie can hold (its `max_entries`, read from the kernel).
+    pub fn capacity(&self) -> Result<usize, PrefixError> {
+        let info = self.trie.map().info().map_err(|source| PrefixError::Map {
+            map: self.name,
+            source,
+        })?;
+        Ok(info.max_entries() as usize)
+    }
+
+    /// Refuses a final set of `wanted` entries that the trie cannot hold, before anything is
+    /// changed. `current`: how many it holds now (for the message).
+    pub fn check_capacity(&self, wanted: usize, current: usize) -> Result<(), PrefixError> {
+        let capacity = self.capacity()?;
+        if wanted > capacity {
+            return Err(PrefixError::OverCapacity {
+                map: self.name,
+                wanted,
+                capacity,
+                current,
+            });
+        }
+        Ok(())
+    }
+
     /// Makes the trie hold exactly `wanted`, keeping the values (hit counters) of entries that
-    /// stay, and never leaving a moment in which an entry that stays is missing.
+    /// stay, and never leaving a moment in which an entry that stays is missing. Removes before
+    /// it adds, so a final set that fits the map never overflows it on the way; a final set
+    /// that does not fit is refused with [`PrefixError::OverCapacity`] and nothing changes.
     pub fn replace_all(&mut self, wanted: &[IpNet]) -> Result<(), PrefixError> {
         let current = self.entries()?;
-        let wanted_set: std::collections::BTreeSet<IpNet> = wanted.iter().copied().collect();
+        // As the trie stores them (`entries` reads them back this way): an IPv4-mapped IPv6
+        // CIDR and its IPv4 form are one key, and host bits are not part of a key. Comparing
+        // anything else would remove an entry that stays and add it again (its counter lost,
+        // a moment without it).
+        let wanted: std::collections::BTreeSet<IpNet> =
+            wanted.iter().map(|n| canonical_net(&n.trunc())).collect();
+        self.check_capacity(wanted.len(), current.len())?;
         // 1. Filter bits for the union of old and new entries.
         let union = filter_words(current.keys().copied().chain(wanted.iter().copied()));
         self.write_filter(&union)?;
-        // 2. Add what is new.
-        for net in wanted {
-            if !current.contains_key(net) {
+        // 2. Remove what went away, first: the map never holds old and new at once.
+        for net in current.keys() {
+            if !wanted.contains(net) {
                 self.trie
-                    .insert(&lpm_key(net), V::default(), 0)
+                    .remove(&lpm_key(net))
                     .map_err(|source| PrefixError::Map {
                         map: self.name,
                         source,
                     })?;
             }
         }
-        // 3. Remove what went away.
-        for net in current.keys() {
-            if !wanted_set.contains(net) {
+        // 3. Add what is new.
+        for net in &wanted {
+            if !current.contains_key(net) {
                 self.trie
-                    .remove(&lpm_key(net))
+                    .insert(&lpm_key(net), V::default(), 0)
                     .map_err(|source| PrefixError::Map {
                         map: self.name,
                         source,

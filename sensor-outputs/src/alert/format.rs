@@ -100,6 +100,13 @@ pub(crate) fn parse_offset(s: &str) -> Option<UtcOffset> {
     UtcOffset::from_hms(sign * h, sign * m, 0).ok()
 }
 
+/// Outside text made inert for WeCom markdown, on one line, at most `max` bytes: for callers
+/// outside the alert formatter (the nightly job's failure notice quotes an Elasticsearch or
+/// provider message).
+pub fn markdown_text(s: &str, max: usize) -> String {
+    md(s, max)
+}
+
 /// Outside text made inert for WeCom markdown, on one line, at most `max` bytes.
 fn md(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max));

@@ -142,8 +142,12 @@ pub struct WeComSink {
     pub name: Option<String>,
     /// The robot's key (the `key=` of its webhook URL): `{ env = "VAR" }` or `{ file = "…" }`.
     pub key: SecretSource,
-    /// API base URL. Default `https://qyapi.weixin.qq.com`.
+    /// API base URL. Default `https://qyapi.weixin.qq.com`. The key travels in its query
+    /// string: `http://` is refused except to a loopback host or with `allow_insecure_http`.
     pub base_url: String,
+    /// Accept a plain `http://` `base_url` on a non-loopback host (the key then crosses the
+    /// network in clear). Default false.
+    pub allow_insecure_http: bool,
     /// Messages per sliding minute, retries included; 1 to 20. Default 20. Lower it when
     /// something else posts through the same robot. Messages are also paced at least
     /// 61 s / (max_per_minute − 1) apart (3.2 s at 20), so that hits arriving over any one
@@ -161,6 +165,7 @@ impl Default for WeComSink {
             name: None,
             key: SecretSource::default(),
             base_url: "https://qyapi.weixin.qq.com".into(),
+            allow_insecure_http: false,
             max_per_minute: WECOM_MAX_PER_MINUTE,
             mention_userids: Vec::new(),
             timeout_secs: 10,
@@ -205,9 +210,12 @@ pub enum HeaderSource {
 pub struct WebhookSink {
     /// Name in logs and counters. Default `webhook-<n>`.
     pub name: Option<String>,
-    /// `http://` or `https://` URL. Required. Kept out of logs, errors and debug output (only
-    /// its host is shown), since chat webhooks often carry a token in it.
+    /// `https://` URL (`http://` only to a loopback host or with `allow_insecure_http`: chat
+    /// webhooks carry a token in the URL or a header). Required. Kept out of logs, errors and
+    /// debug output (only its host is shown).
     pub url: String,
+    /// Accept a plain `http://` `url` on a non-loopback host. Default false.
+    pub allow_insecure_http: bool,
     /// Extra request headers, e.g. `Authorization = { env = "SOAR_TOKEN" }`. Default none.
     pub headers: BTreeMap<String, HeaderSource>,
     /// Requests per sliding minute, retries included. Default 60.
@@ -228,6 +236,7 @@ impl std::fmt::Debug for WebhookSink {
         f.debug_struct("WebhookSink")
             .field("name", &self.name)
             .field("url_host", &host)
+            .field("allow_insecure_http", &self.allow_insecure_http)
             .field("headers", &self.headers)
             .field("max_per_minute", &self.max_per_minute)
             .field("max_batch", &self.max_batch)
@@ -241,6 +250,7 @@ impl Default for WebhookSink {
         Self {
             name: None,
             url: String::new(),
+            allow_insecure_http: false,
             headers: BTreeMap::new(),
             max_per_minute: 60,
             max_batch: 100,
@@ -256,12 +266,10 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        // The URL itself is not echoed: a webhook URL may carry a token.
-        _ => Err(invalid(key, "must be an http:// or https:// URL")),
-    }
+/// Both sinks carry a credential (the robot key, a token in the URL or a header): the shared
+/// rule of `sensor_model::http::check_url`. The URL itself is never echoed.
+fn http_url(key: &'static str, url: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+    sensor_model::http::check_url(key, url, allow_insecure_http).map(drop)
 }
 
 impl AlertsSection {
@@ -302,7 +310,7 @@ impl AlertsSection {
                     ),
                 ));
             }
-            http_url("alerts.wecom.base_url", &w.base_url)?;
+            http_url("alerts.wecom.base_url", &w.base_url, w.allow_insecure_http)?;
             if w.timeout_secs == 0 {
                 return Err(invalid("alerts.wecom.timeout_secs", "must be at least 1"));
             }
@@ -325,7 +333,7 @@ impl AlertsSection {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("webhook-{}", i + 1));
-            http_url("alerts.webhook.url", &w.url)?;
+            http_url("alerts.webhook.url", &w.url, w.allow_insecure_http)?;
             if w.max_per_minute == 0 {
                 return Err(invalid(
                     "alerts.webhook.max_per_minute",

@@ -86,7 +86,7 @@ impl SendError {
     }
 
     pub fn from_status(status: reqwest::StatusCode) -> Self {
-        let reason = format!("http_{}", status.as_u16());
+        let reason = status_reason(status).to_owned();
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             Self::Throttled { reason }
         } else if status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT {
@@ -94,12 +94,43 @@ impl SendError {
                 reason,
                 detail: status.to_string(),
             }
+        } else if status.is_redirection() {
+            // Clients carrying a secret never follow redirects (sensor_model::http).
+            Self::Final {
+                reason,
+                detail: format!("{status}: redirect not followed (the request carries a secret)"),
+            }
         } else {
             Self::Final {
                 reason,
                 detail: status.to_string(),
             }
         }
+    }
+}
+
+/// The failure reason of an HTTP status, from a fixed set (it becomes a metric label and the
+/// server picks the status): the statuses that mean something different to an operator by
+/// name, the rest by class; the detail keeps the exact status.
+fn status_reason(status: reqwest::StatusCode) -> &'static str {
+    const NAMED: [(u16, &str); 7] = [
+        (400, "http_400"),
+        (401, "http_401"),
+        (403, "http_403"),
+        (404, "http_404"),
+        (408, "http_408"),
+        (413, "http_413"),
+        (429, "http_429"),
+    ];
+    let code = status.as_u16();
+    if let Some((_, name)) = NAMED.iter().find(|(c, _)| *c == code) {
+        return name;
+    }
+    match code {
+        300..=399 => "http_3xx",
+        400..=499 => "http_4xx",
+        500..=599 => "http_5xx",
+        _ => "http_other",
     }
 }
 
@@ -365,3 +396,25 @@ struct ComposedOut {
 
 /// Failure counts by reason, for [`Counters`].
 pub(crate) type Failures = BTreeMap<String, u64>;
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// The reason is a metric label: a fixed set whatever status the server picks.
+    #[test]
+    fn status_reasons_are_a_fixed_set() {
+        let mut labels = std::collections::BTreeSet::new();
+        for code in 100..=999u16 {
+            let status = reqwest::StatusCode::from_u16(code).unwrap();
+            labels.insert(status_reason(status));
+        }
+        assert_eq!(labels.len(), 11, "{labels:?}");
+        let s = |c| status_reason(reqwest::StatusCode::from_u16(c).unwrap());
+        assert_eq!(s(404), "http_404");
+        assert_eq!(s(418), "http_4xx");
+        assert_eq!(s(503), "http_5xx");
+        assert_eq!(s(302), "http_3xx");
+        assert_eq!(s(799), "http_other");
+    }
+}

@@ -76,13 +76,35 @@ fn errors_name_the_key_on_one_line() {
         ("suppress_window_secs = 0\n", "alerts.suppress_window_secs"),
         ("[[webhook]]\nurl = \"not a url\"\n", "alerts.webhook.url"),
         (
-            "[[webhook]]\nurl = \"http://x/\"\nheaders = { \"bad header\" = \"v\" }\n",
+            "[[webhook]]\nurl = \"https://x/\"\nheaders = { \"bad header\" = \"v\" }\n",
             "alerts.webhook.headers",
+        ),
+        // Credentials never travel in clear: the robot key and webhook tokens need https.
+        (
+            "[[wecom]]\nkey = { env = \"K\" }\nbase_url = \"http://wecom-proxy.corp\"\n",
+            "alerts.wecom.base_url",
+        ),
+        (
+            "[[webhook]]\nurl = \"http://soar.corp/hook?token=t0k3n\"\n",
+            "alerts.webhook.url",
         ),
     ] {
         let err = parse(text).unwrap_err();
         assert!(err.contains(key), "{text}: {err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+    // Plain http only when allowed explicitly, or to the loopback (a local relay, the tests).
+    let err = parse("[[webhook]]\nurl = \"http://soar.corp/hook?token=t0k3n\"\n").unwrap_err();
+    assert!(
+        err.contains("allow_insecure_http") && !err.contains("t0k3n"),
+        "{err}"
+    );
+    for ok in [
+        "[[webhook]]\nurl = \"http://soar.corp/hook\"\nallow_insecure_http = true\n",
+        "[[webhook]]\nurl = \"http://127.0.0.1:8080/hook\"\n",
+        "[[wecom]]\nkey = { env = \"K\" }\nbase_url = \"http://wecom.corp\"\nallow_insecure_http = true\n",
+    ] {
+        parse(ok).unwrap();
     }
     let err = parse("[[wecom]]\nkey = { env = \"K\" }\nmentioned_mobile_list = []\n").unwrap_err();
     assert!(err.contains("mentioned_mobile_list"), "{err}");

@@ -50,7 +50,9 @@ impl WebhookClient {
             timeout: Some(timeout),
             connect_timeout: None,
             ca_file: None,
-            redirects: true,
+            // Requests carry a secret (the key in the query string, token headers or a token
+            // in the URL): a redirect could carry it to another host.
+            redirects: false,
         })
         .map_err(|e| e.to_string())?;
         Ok(Self {

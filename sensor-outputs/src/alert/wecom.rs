@@ -26,6 +26,7 @@ use super::sink::SendError;
 use sensor_model::{
     http::{self, HttpSettings},
     secret::Secret,
+    text,
 };
 
 /// The documented path under the API base URL.
@@ -35,6 +36,29 @@ pub const SEND_PATH: &str = "/cgi-bin/webhook/send";
 pub const ERRCODE_THROTTLED: i64 = 45009;
 /// System busy, retry later: `errcode` -1.
 pub const ERRCODE_BUSY: i64 = -1;
+/// Wrong key, or the robot was removed from its group: `errcode` 93000.
+pub const ERRCODE_INVALID_KEY: i64 = 93000;
+/// The markdown content is over 4,096 bytes: `errcode` 40058.
+pub const ERRCODE_TOO_LONG: i64 = 40058;
+
+/// A WeCom answer is a few dozen bytes; anything far larger is not one.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// `errmsg` is echoed into logs.
+const MAX_ERRMSG_CHARS: usize = 200;
+
+/// The failure reason of an `errcode`, from a fixed set (it becomes a metric label, and the
+/// server picks the code): the documented codes by name, any other as `errcode_other`, with
+/// the code itself in the detail.
+fn errcode_reason(code: i64) -> &'static str {
+    match code {
+        ERRCODE_THROTTLED => "errcode_45009",
+        ERRCODE_BUSY => "errcode_-1",
+        ERRCODE_INVALID_KEY => "errcode_93000",
+        ERRCODE_TOO_LONG => "errcode_40058",
+        _ => "errcode_other",
+    }
+}
 
 pub(crate) struct WeComClient {
     http: reqwest::Client,
@@ -65,20 +89,30 @@ pub fn read_answer(body: &[u8], scrub: impl Fn(&str) -> String) -> Result<(), Se
     // serde's message quotes the offending value, which may be text from the answer.
     let answer: Answer = serde_json::from_slice(body).map_err(|e| SendError::Final {
         reason: "protocol".into(),
-        detail: scrub(&format!("answer is not the documented JSON: {e}")),
+        detail: text::one_line(
+            &scrub(&format!("answer is not the documented JSON: {e}")),
+            MAX_ERRMSG_CHARS,
+        ),
     })?;
+    // The server's words: scrubbed of the key, then one bounded, inert line.
+    let detail = |code: i64| {
+        format!(
+            "errcode {code}: {}",
+            text::one_line(&scrub(&answer.errmsg), MAX_ERRMSG_CHARS)
+        )
+    };
     match answer.errcode {
         0 => Ok(()),
         ERRCODE_THROTTLED => Err(SendError::Throttled {
-            reason: format!("errcode_{ERRCODE_THROTTLED}"),
+            reason: errcode_reason(ERRCODE_THROTTLED).into(),
         }),
         ERRCODE_BUSY => Err(SendError::Retriable {
-            reason: format!("errcode_{ERRCODE_BUSY}"),
-            detail: scrub(&answer.errmsg),
+            reason: errcode_reason(ERRCODE_BUSY).into(),
+            detail: detail(ERRCODE_BUSY),
         }),
         code => Err(SendError::Final {
-            reason: format!("errcode_{code}"),
-            detail: scrub(&answer.errmsg),
+            reason: errcode_reason(code).into(),
+            detail: detail(code),
         }),
     }
 }
@@ -93,7 +127,9 @@ impl WeComClient {
             timeout: Some(timeout),
             connect_timeout: None,
             ca_file: None,
-            redirects: true,
+            // Requests carry a secret (the key in the query string, token headers or a token
+            // in the URL): a redirect could carry it to another host.
+            redirects: false,
         })
         .map_err(|e| e.to_string())?;
         Ok(Self {
@@ -125,10 +161,21 @@ impl WeComClient {
         if !status.is_success() {
             return Err(SendError::from_status(status));
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.scrubbed(SendError::from_reqwest(e)))?;
+        let bytes = match http::read_capped(response, MAX_ANSWER_BYTES).await {
+            Ok(b) => b,
+            Err(e @ http::BodyError::TooLarge { .. }) => {
+                return Err(SendError::Final {
+                    reason: "protocol".into(),
+                    detail: e.to_string(),
+                });
+            }
+            Err(http::BodyError::Transport(m)) => {
+                return Err(SendError::Retriable {
+                    reason: "transport".into(),
+                    detail: self.scrub(&m),
+                });
+            }
+        };
         read_answer(&bytes, |text| self.scrub(text))
     }
 
@@ -171,8 +218,24 @@ mod tests {
         assert!(matches!(
             read(&format!(r#"{{"errcode":93000,"errmsg":"invalid webhook url {KEY}"}}"#)),
             Err(SendError::Final { reason, detail })
-                if reason == "errcode_93000" && detail == "invalid webhook url ***"
+                if reason == "errcode_93000" && detail == "errcode 93000: invalid webhook url ***"
         ));
+    }
+
+    /// The reason becomes a metric label: whatever code the server invents, the label set
+    /// stays fixed, and the code is kept in the detail.
+    #[test]
+    fn unknown_codes_share_one_label_and_messages_are_inert() {
+        for code in [1, 40001, 123456789, -99] {
+            let Err(SendError::Final { reason, detail }) = read(&format!(
+                r#"{{"errcode":{code},"errmsg":"line one\nFAKE log line \u001b[31m"}}"#
+            )) else {
+                panic!("errcode {code} is final");
+            };
+            assert_eq!(reason, "errcode_other");
+            assert!(detail.contains(&code.to_string()), "{detail}");
+            assert!(!detail.chars().any(char::is_control), "{detail:?}");
+        }
     }
 
     /// Found by the `http_answers` fuzz target: serde quotes a value of the wrong type in its

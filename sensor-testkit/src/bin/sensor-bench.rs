@@ -4,6 +4,12 @@
 //! from the same object (the floor), through BPF_PROG_TEST_RUN, interleaved in rounds so that
 //! machine noise hits every class alike; prints each class's ratio to the floor.
 //!
+//! `firewall-export`: seconds to apply N blocklist entries to nft sets and ipsets (the host
+//! exports) in a namespace, into empty sets and as the next night's update.
+//!
+//! `pdns`: the passive DNS store: ingest rate, a simulated day (or more) of a 7,000 queries/s
+//! site with its size and 30-day projection, lookup latency by name.
+//!
 //! `live`: replays a capture of N queries with tcpreplay into a veth at top speed, once with
 //! the sensor attached and once with tshark capturing, and prints queries sent, records
 //! received, loss and CPU per query for both (the sensor's CPU = the XDP program's run time
@@ -95,6 +101,15 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         entries: u32,
     },
+    /// Seconds to apply N blocklist entries to this host's nft sets and ipsets through the
+    /// export code and the real programs, in a namespace of its own: into empty sets, then the
+    /// next night's list (10% churn). Target: at most 1 s each.
+    FirewallExport {
+        #[arg(long, default_value_t = 100_000)]
+        entries: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// The whole pipeline (namespace, tansu, osmem, fake ThreatBook and WeCom) at a steady
     /// query rate: memory growth after the warm-up, counter conservation, drops.
     Soak {
@@ -114,6 +129,21 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         sample_seconds: u64,
     },
+    /// The EDL under slowloris and failed-authentication floods while the sensor captures
+    /// (issue 12): ring_full, queries reported, the authorised fetch's p99, /metrics answering.
+    EdlFlood {
+        /// Queries per second through the capture.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Slowloris connections against the EDL port.
+        #[arg(long, default_value_t = 2_000)]
+        slowloris: usize,
+        /// Failed-authentication requests per second.
+        #[arg(long, default_value_t = 1_000)]
+        failed_auth: u32,
+    },
     /// Events/s produced to a local tansu broker through the Kafka sink, the sink pinned to one
     /// CPU (tansu from `cargo xtask setup --test-deps`).
     Kafka {
@@ -122,6 +152,30 @@ enum Cmd {
         /// The CPU the sink (its task and librdkafka's threads) runs on; tansu gets the others.
         #[arg(long, default_value_t = 0)]
         cpu: usize,
+    },
+    /// The passive DNS store (sensor-pdns): (a) ingest rate in answers/s on one core, (b) a
+    /// simulated day of a 7,000 queries/s site, its size and the projected 30-day size, (c)
+    /// lookup by name p50/p99. Targets: >= 200,000 answers/s, <= 2 GiB for 30 days, p99 < 10 ms.
+    Pdns {
+        /// (a) Batches of `--batch-size` observations, one durable commit each.
+        #[arg(long, default_value_t = 200)]
+        batches: usize,
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: usize,
+        /// (b) Simulated days (the second and later measure the daily growth the projection
+        /// uses); 0 skips (b) and (c).
+        #[arg(long, default_value_t = 2)]
+        days: u32,
+        /// (b) Simulated seconds of traffic per commit. The rows and so the size do not depend
+        /// on it, only the time the simulation takes; (a) measures daemon-sized batches.
+        #[arg(long, default_value_t = 3600)]
+        flush_seconds: u64,
+        /// (c) Lookups by name.
+        #[arg(long, default_value_t = 10_000)]
+        lookups: usize,
+        /// Where the stores go (a temporary directory inside it, removed at the end).
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
     },
 }
 
@@ -141,7 +195,37 @@ fn main() -> anyhow::Result<()> {
             latency_ms,
         } => intel(events, trusted, slow_events, names, latency_ms),
         Cmd::BlocklistInstall { entries } => blocklist_install(entries),
+        Cmd::FirewallExport { entries, rounds } => firewall_export(entries, rounds),
         Cmd::Kafka { events, cpu } => kafka(events, cpu),
+        Cmd::Pdns {
+            batches,
+            batch_size,
+            days,
+            flush_seconds,
+            lookups,
+            dir,
+        } => pdns(batches, batch_size, days, flush_seconds, lookups, &dir),
+        Cmd::EdlFlood {
+            rate,
+            seconds,
+            slowloris,
+            failed_auth,
+        } => {
+            let opts = sensor_testkit::edl_flood::FloodOptions {
+                rate,
+                duration: std::time::Duration::from_secs(seconds),
+                slowloris,
+                failed_auth_per_sec: failed_auth,
+                sensor: std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("sensor")))
+                    .filter(|p| p.exists())
+                    .unwrap_or_else(|| "target/release/sensor".into()),
+            };
+            sensor_testkit::edl_flood::run(&opts)
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!(e))
+        }
         Cmd::Soak {
             rate,
             seconds,
@@ -186,6 +270,30 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn firewall_export(n: u32, rounds: u32) -> anyhow::Result<()> {
+    let runs = sensor_testkit::fw_bench::run(n, rounds)?;
+    for r in &runs {
+        println!(
+            "firewall export {:<5} {:<18} {:>7} elements: {:.3} s",
+            r.target, r.step, r.elements, r.seconds
+        );
+    }
+    for target in ["nft", "ipset"] {
+        let mut s: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.target == target)
+            .map(|r| r.seconds)
+            .collect();
+        s.sort_by(f64::total_cmp);
+        println!(
+            "firewall export {target}: {n} entries, median apply {:.3} s, worst {:.3} s (target <= 1 s)",
+            s[s.len() / 2],
+            s[s.len() - 1]
+        );
+    }
+    Ok(())
 }
 
 fn blocklist_install(n: u32) -> anyhow::Result<()> {
@@ -251,15 +359,22 @@ fn intel(
     latency_ms: u64,
 ) -> anyhow::Result<()> {
     use sensor_testkit::intel_bench;
-    let hits = intel_bench::cache_hits(events, trusted)?;
-    println!(
-        "cache-hit path (trust filter of {} entries + verdict cache, 1 thread): {} events in {:.3} s = {:.0} events/s ({:.0} ns/event)",
-        hits.trusted_entries,
-        hits.events,
-        hits.seconds,
-        hits.events as f64 / hits.seconds,
-        hits.seconds * 1e9 / hits.events as f64
-    );
+    // Without and with the [intel.egress] rules (special-use zones + 1,000 internal domains).
+    for egress in [None, Some(1_000)] {
+        let hits = intel_bench::cache_hits(events, trusted, egress)?;
+        println!(
+            "cache-hit path (trust filter of {} entries{} + verdict cache, 1 thread): {} events in {:.3} s = {:.0} events/s ({:.0} ns/event)",
+            hits.trusted_entries,
+            match hits.egress_internal {
+                Some(n) => format!(" + egress rules with {n} internal domains"),
+                None => String::new(),
+            },
+            hits.events,
+            hits.seconds,
+            hits.events as f64 / hits.seconds,
+            hits.seconds * 1e9 / hits.events as f64
+        );
+    }
     let slow = intel_bench::slow_provider(slow_events, names, Duration::from_millis(latency_ms))?;
     let sensor_rate = slow.events as f64 / slow.sensor_seconds;
     let seed_rate = slow.events as f64 / slow.seed_seconds;
@@ -285,6 +400,79 @@ fn intel(
         "  ratio: {:.1}x the events/s with {:.1}x fewer calls",
         sensor_rate / seed_rate,
         slow.seed_calls as f64 / slow.sensor_calls.max(1) as f64
+    );
+    Ok(())
+}
+
+fn pdns(
+    batches: usize,
+    batch_size: usize,
+    days: u32,
+    flush_seconds: u64,
+    lookups: usize,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    use sensor_testkit::pdns_bench;
+    let tmp = tempfile::Builder::new()
+        .prefix("pdns-bench-")
+        .tempdir_in(dir)
+        .with_context(|| format!("a temporary directory in {}", dir.display()))?;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    if batches > 0 {
+        let r = pdns_bench::ingest_rate(tmp.path(), batches, batch_size);
+        println!(
+            "pdns ingest: {} batches of {} observations ({} answers, {} row upserts), one durable commit each: {:.2} s wall, {:.2} s CPU on one thread = {:.0} answers/s ({:.0} observations/s, {:.2} ms/commit)",
+            r.batches,
+            r.batch_size,
+            r.answers,
+            r.rows,
+            r.seconds,
+            r.cpu_seconds,
+            r.answers as f64 / r.seconds,
+            r.observations as f64 / r.seconds,
+            r.seconds * 1e3 / r.batches as f64
+        );
+    }
+    if days == 0 {
+        return Ok(());
+    }
+    let path = tmp.path().join("day.sqlite");
+    let (mut traffic, results) = pdns_bench::simulate_days(&path, days, flush_seconds, |d| {
+        println!(
+            "pdns day {}: {} queries, {} answers, {} commits in {:.0} s ({:.0} answers/s); store {:.1} MiB: {} names, {} client rows, {} answer rows",
+            d.day,
+            d.queries,
+            d.answers,
+            d.commits,
+            d.seconds,
+            d.answers as f64 / d.seconds,
+            mib(d.disk_bytes),
+            d.names,
+            d.seen_rows,
+            d.answer_rows
+        );
+    });
+    let first = results[0].disk_bytes;
+    let growth = if results.len() >= 2 {
+        (results[results.len() - 1].disk_bytes - first) / (results.len() as u64 - 1)
+    } else {
+        first
+    };
+    println!(
+        "pdns 30-day projection: day 1 {:.1} MiB + 29 x {:.1} MiB/day (the measured growth of each later day{}) = {:.1} MiB (goal <= 2048 MiB)",
+        mib(first),
+        mib(growth),
+        if results.len() >= 2 {
+            ""
+        } else {
+            "; with one day simulated, a whole day again, an upper bound"
+        },
+        mib(first + 29 * growth)
+    );
+    let l = pdns_bench::lookup_latency(&path, &mut traffic, lookups);
+    println!(
+        "pdns lookup by name: {} lookups (half by popularity, half uniform; {:.0} rows each on average): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (goal p99 < 10 ms)",
+        l.lookups, l.mean_rows, l.p50_ms, l.p99_ms, l.max_ms
     );
     Ok(())
 }
@@ -395,14 +583,25 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
                 1,
             ),
         ),
+        ("IPv4 response, 4 A", PROGRAM_NAME, response_frame(false, 0)),
+        (
+            "IPv4 response, CNAME + 4 A",
+            PROGRAM_NAME,
+            response_frame(true, 0),
+        ),
+        (
+            "IPv4 response, NXDOMAIN",
+            PROGRAM_NAME,
+            response_frame(false, 3),
+        ),
     ];
     if let Some(only) = only {
         let floor = classes.remove(0);
         classes.retain(|(name, _, _)| name.contains(only));
         classes.insert(0, floor);
     }
-    // Chunks stay below the ring buffer's capacity (8 MiB / 320 B ≈ 26k records), and the ring
-    // is drained between chunks, so the query classes measure real reservations, not
+    // Chunks stay below the ring buffer's capacity (8 MiB / 384 B ≈ 21k response records), and
+    // the ring is drained between chunks, so the query classes measure real reservations, not
     // "ring full" early exits.
     let chunk = 20_000u32.min(repeat);
     let per_round = (repeat / rounds).max(chunk);
@@ -458,6 +657,32 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A response from 10.0.0.53 to a client for www.example.com: four A records behind a pointer
+/// to the question (after a CNAME to edge.cdn.example when `cname`), or none with `rcode`.
+fn response_frame(cname: bool, rcode: u16) -> Vec<u8> {
+    let mut answers = Vec::new();
+    let mut owner = QNAME_PTR;
+    if cname {
+        answers = rr(&QNAME_PTR, 5, 300, &wire_name("edge.cdn.example"));
+        owner = [
+            0xc0,
+            (12 + wire_name("www.example.com").len() + 4 + 12) as u8,
+        ];
+    }
+    let count = if rcode == 0 { 4 } else { 0 };
+    for i in 0..count {
+        answers.extend(rr(&owner, 1, 60, &[192, 0, 2, i as u8 + 1]));
+    }
+    let ancount = count + u16::from(cname);
+    let msg = dns_response(1, 0x8180 | rcode, "www.example.com", 1, ancount, &answers);
+    ip_frame(
+        v4(10, 0, 0, 53),
+        v4(192, 168, 10, 20),
+        UDP,
+        &udp(53, 40000, &msg),
+    )
 }
 
 /// A capture of `n` UDP queries from 1,000 clients for 5,000 names to `server`.

@@ -362,12 +362,17 @@ impl Generator {
         // Transport.
         let l4 = f.len();
         l.boundaries.push(l4);
-        let dport: u16 = match rng.range(0, 100u32) {
+        // A third of the messages are responses, mostly from a watched port.
+        let response = rng.chance(0.33);
+        let mut dport: u16 = match rng.range(0, 100u32) {
             0..80 => self.ports[rng.range(0, self.ports.len())],
             _ => rng.random(),
         };
-        let sport: u16 = rng.random();
-        let (msg, msg_fields, msg_labels) = self.dns_message(rng);
+        let mut sport: u16 = rng.random();
+        if response && rng.chance(0.85) {
+            std::mem::swap(&mut sport, &mut dport);
+        }
+        let (msg, msg_fields, msg_labels) = self.dns_message(rng, response);
         if tcp {
             f.extend_from_slice(&sport.to_be_bytes());
             f.extend_from_slice(&dport.to_be_bytes());
@@ -412,16 +417,27 @@ impl Generator {
         (f, l)
     }
 
-    /// A query message, with its flag and QDCOUNT fields and its label length bytes (offsets in
-    /// the message).
-    fn dns_message(&self, rng: &mut Rng) -> (Vec<u8>, Vec<(usize, usize)>, Vec<usize>) {
+    /// A query or response message, with its flag, QDCOUNT (and ANCOUNT, RDLENGTH) fields and
+    /// its name length bytes (offsets in the message).
+    fn dns_message(
+        &self,
+        rng: &mut Rng,
+        response: bool,
+    ) -> (Vec<u8>, Vec<(usize, usize)>, Vec<usize>) {
         let mut m = Vec::with_capacity(128);
         m.extend_from_slice(&rng.random::<u16>().to_be_bytes());
-        // RD, sometimes CD/AD bits or nothing.
-        let flags: u16 = pick(rng, &[0x0100, 0x0100, 0x0100, 0x0000, 0x0120, 0x0110]);
+        // RD, sometimes CD/AD bits or nothing; responses: RA, AA, NXDOMAIN, SERVFAIL, TC.
+        let flags: u16 = if response {
+            pick(
+                rng,
+                &[0x8180, 0x8180, 0x8580, 0x8183, 0x8182, 0x8380, 0x81a0],
+            )
+        } else {
+            pick(rng, &[0x0100, 0x0100, 0x0100, 0x0000, 0x0120, 0x0110])
+        };
         m.extend_from_slice(&flags.to_be_bytes());
         m.extend_from_slice(&1u16.to_be_bytes());
-        let fields = vec![(2, 2), (4, 2)];
+        let mut fields = vec![(2, 2), (4, 2)];
         let edns = rng.chance(0.3);
         m.extend_from_slice(&[0, 0, 0, 0, 0, u8::from(edns)]);
         let labels = name(rng, &mut m);
@@ -438,6 +454,18 @@ impl Generator {
         };
         m.extend_from_slice(&qtype.to_be_bytes());
         m.extend_from_slice(&qclass.to_be_bytes());
+        let mut labels = labels;
+        if response {
+            let count = answers(rng, &mut m, &mut fields, &mut labels);
+            fields.push((6, 2));
+            // ANCOUNT: mostly right, sometimes more than there are.
+            let claimed = if rng.chance(0.9) {
+                count
+            } else {
+                count + rng.range_incl(1, 3u16)
+            };
+            m[6..8].copy_from_slice(&claimed.to_be_bytes());
+        }
         if edns {
             // An OPT record: root name, TYPE 41, 1232-byte payload, no options.
             m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
@@ -490,6 +518,76 @@ fn name(rng: &mut Rng, m: &mut Vec<u8>) -> Vec<usize> {
     labels.push(m.len());
     m.push(0);
     labels
+}
+
+/// Appends an answer section to a response whose question ends the message so far: 0 to 20
+/// records, mostly A/AAAA behind a pointer to the question's name, with CNAMEs, other types,
+/// uncompressed owners and pointers to other names (earlier, or forward: malformed). Records the
+/// RDLENGTH fields and owner name bytes for mutation. Returns how many records it wrote.
+fn answers(
+    rng: &mut Rng,
+    m: &mut Vec<u8>,
+    fields: &mut Vec<(usize, usize)>,
+    labels: &mut Vec<usize>,
+) -> u16 {
+    let count = match rng.range(0, 100u32) {
+        0..10 => 0,
+        10..85 => rng.range_incl(1, 6u16),
+        _ => rng.range_incl(7, 20u16),
+    };
+    for _ in 0..count {
+        let owner_at = m.len();
+        match rng.range(0, 100u32) {
+            0..80 => m.extend_from_slice(&[0xc0, 12]),
+            80..90 => {
+                labels.extend(name(rng, m));
+            }
+            90..95 => {
+                // A pointer to an earlier offset inside the message (maybe mid-label).
+                let target = rng.range(12, owner_at) as u16;
+                m.extend_from_slice(&(0xc000 | target).to_be_bytes());
+            }
+            _ => {
+                // Forward or to itself: malformed.
+                let target = rng.range_incl(owner_at, owner_at + 40) as u16 & 0x3fff;
+                m.extend_from_slice(&(0xc000 | target).to_be_bytes());
+            }
+        }
+        labels.push(owner_at);
+        let rtype: u16 = pick(rng, &[1, 1, 1, 28, 28, 5, 5, 16, 15, 2, 46]);
+        let class: u16 = if rng.chance(0.95) { 1 } else { rng.random() };
+        m.extend_from_slice(&rtype.to_be_bytes());
+        m.extend_from_slice(&class.to_be_bytes());
+        m.extend_from_slice(&rng.random::<u32>().to_be_bytes());
+        let rdlen = match rtype {
+            1 => 4,
+            28 => 16,
+            5 | 2 => 0,
+            _ => rng.range_incl(0, 40usize),
+        };
+        fields.push((m.len(), 2));
+        let len_at = m.len();
+        m.extend_from_slice(&[0, 0]);
+        if rdlen == 0 && matches!(rtype, 5 | 2) {
+            // A target name (sometimes ending in a pointer).
+            name(rng, m);
+            if rng.chance(0.3) {
+                m.pop();
+                m.extend_from_slice(&[0xc0, 12]);
+            }
+        } else {
+            extend_random(rng, m, rdlen);
+        }
+        let written = (m.len() - len_at - 2) as u16;
+        // RDLENGTH: mostly right, sometimes off (an A record of 5 bytes, a length past the end).
+        let rdlength = if rng.chance(0.95) {
+            written
+        } else {
+            written.wrapping_add(rng.range_incl(1, 8u16))
+        };
+        m[len_at..len_at + 2].copy_from_slice(&rdlength.to_be_bytes());
+    }
+    count
 }
 
 /// Appends `n` random bytes (one bulk fill: per-byte draws dominate the unoptimised test build).

@@ -13,11 +13,24 @@
 //! - The fixed part of a transport header (8 bytes UDP, 20 bytes TCP) must be there before the
 //!   port is looked at (`bad_l4`); a packet to a port that is not watched is `not_dns` before its
 //!   TCP data offset and options are judged.
-//! - A TCP segment must hold the length prefix and the 12-byte DNS header, or it is
-//!   `tcp_no_question`; its length prefix is not checked against the segment.
-//! - Length fields (IPv4 total length, IPv6 payload length, UDP length, TCP's DNS length
-//!   prefix) are not judged: the spec does not ask for it and the frame bounds every read.
-//!   [`Prediction::question_within_lengths`] records, for each event, whether they agree.
+//! - A TCP segment must hold the length prefix and the 12-byte DNS header, then its length
+//!   prefix must fit in the IP datagram (issue 13: a message sent without its prefix is not
+//!   read with its ID as the length), or it is `tcp_no_question`.
+//! - Length fields bound the DNS message (issue 13): the IPv4 total length (below the header:
+//!   `bad_ipv4`), the IPv6 payload length (0 with a hop-by-hop header: a jumbogram, bounded by
+//!   the frame), the UDP length (below 8 but not 0: `bad_l4`; 0: the datagram's end) and TCP's
+//!   length prefix. A question that passes the gate but ends past them is `dns_truncated`
+//!   (UDP) or `tcp_no_question` (TCP), judged before the allowlist.
+//!   [`Prediction::question_within_lengths`] is now true for every event.
+//! - Responses (issue 13): a message with QR=1 from a watched port is a response, QR=1 from
+//!   another port `dns_response`, QR=0 to a port that is not watched (so from one)
+//!   `dns_query_from_port`. A response passes the same gate and question checks as a query; its
+//!   client is the destination (CLIENT_ALLOW applies to it). The answer walk follows RFC 1035
+//!   §4.1.3 within the message: at most `MAX_ANSWER_RRS` records, owner names skipped (a
+//!   pointer ends a name and must point before itself), the first `MAX_ADDRS` A/AAAA records of
+//!   class IN with the right RDATA length kept with their TTLs.
+//! - An IPv6 atomic fragment (offset 0, M = 0; RFC 6946) is a whole packet: the walk goes on
+//!   past it (it counts towards `MAX_IPV6_EXT_HEADERS`).
 //! - The source is known, and the blocklist applies, once the network header is complete: the
 //!   IPv4 header with its options, the 40-byte IPv6 header (extension headers come after the
 //!   blocklist: "packets whose source matches are dropped").
@@ -33,7 +46,12 @@
 
 use ipnet::IpNet;
 use sensor_common::{
-    Counter, MAX_IPV6_EXT_HEADERS, MAX_LABEL_LEN, MAX_NAME_LEN, counters::COUNTER_COUNT,
+    Counter, MAX_IPV6_EXT_HEADERS, MAX_LABEL_LEN, MAX_LABELS, MAX_NAME_LEN,
+    counters::COUNTER_COUNT,
+    response::{
+        MAX_ADDRS, MAX_ANSWER_RRS, MAX_MSG_ROOM, WALK_BAD_NAME, WALK_COMPLETE, WALK_LIMIT,
+        WALK_TRUNCATED,
+    },
 };
 
 /// XDP actions as the kernel numbers them.
@@ -294,6 +312,24 @@ pub struct ExpectedEvent {
     pub qname: Vec<u8>,
 }
 
+/// What a response record must carry after its header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedResponse {
+    pub flags: u16,
+    pub ancount: u16,
+    pub nscount: u16,
+    pub arcount: u16,
+    pub msg_len: u16,
+    pub copied: u16,
+    pub answers_walked: u8,
+    pub cnames: u8,
+    pub walk: u8,
+    /// 16-byte form, TTL, from an AAAA record.
+    pub addrs: Vec<([u8; 16], u32, bool)>,
+    /// The message's first `copied` bytes.
+    pub msg: Vec<u8>,
+}
+
 /// What the program must do with one frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prediction {
@@ -306,7 +342,12 @@ pub struct Prediction {
     pub ipv6: bool,
     pub vlan: bool,
     pub dns_query: bool,
+    pub dns_response: bool,
+    /// The non-outcome counter of a walk that did not complete.
+    pub walk_counter: Option<Counter>,
+    /// A query's record, or a response's header (then `response` holds the rest).
     pub event: Option<ExpectedEvent>,
+    pub response: Option<ExpectedResponse>,
     /// The BLOCKLIST / CLIENT_ALLOW entry whose hit counter the packet increments.
     pub block_entry: Option<IpNet>,
     pub allow_entry: Option<IpNet>,
@@ -326,7 +367,10 @@ impl Prediction {
             ipv6: false,
             vlan: false,
             dns_query: false,
+            dns_response: false,
+            walk_counter: None,
             event: None,
+            response: None,
             block_entry: None,
             allow_entry: None,
             sensitive: Semantics::SPEC,
@@ -344,8 +388,12 @@ impl Prediction {
             (self.ipv6, Counter::Ipv6),
             (self.vlan, Counter::Vlan),
             (self.dns_query, Counter::DnsQueries),
+            (self.dns_response, Counter::DnsResponses),
         ] {
             d[c as usize] += u64::from(on);
+        }
+        if let Some(c) = self.walk_counter {
+            d[c as usize] += 1;
         }
         d
     }
@@ -355,6 +403,9 @@ impl Prediction {
 struct L4 {
     src_port: u16,
     dst_port: u16,
+    /// The destination / source port is watched.
+    to_port: bool,
+    from_port: bool,
     proto: u8,
     dns_off: usize,
     /// Where the length field bounding the DNS message says it ends.
@@ -422,6 +473,10 @@ fn classify(
         p.ipv4 = true;
         let h =
             etherparse::Ipv4HeaderSlice::from_slice(&frame[off..]).map_err(|_| Counter::BadIpv4)?;
+        // A datagram shorter than its own header (etherparse may already refuse it).
+        if usize::from(h.total_len()) < h.slice().len() {
+            return Err(Counter::BadIpv4);
+        }
         let src = h.source_addr().to_ipv6_mapped().octets();
         let dst = h.destination_addr().to_ipv6_mapped().octets();
         if let Some(e) = scope.block.lookup(&src, false, sem, &mut p.sensitive) {
@@ -454,7 +509,11 @@ fn classify(
             p.block_entry = Some(e);
             return Ok(Counter::Blocked);
         }
-        let end = l3_off + h.slice().len() + usize::from(h.payload_length());
+        let end = if h.payload_length() == 0 && first == IPPROTO_HOPOPTS {
+            usize::MAX
+        } else {
+            l3_off + h.slice().len() + usize::from(h.payload_length())
+        };
         (6u8, src, h.destination(), walk?, end)
     };
     if walked.fragment {
@@ -462,19 +521,22 @@ fn classify(
     }
 
     // Transport.
-    let l4 = transport(frame, &walked, scope)?;
+    let l4 = transport(frame, &walked, scope, length_end)?;
     let length_end = length_end.min(l4.length_end);
 
-    // DNS gate.
-    let question = dns_gate(&frame[l4.dns_off..], l4.proto == IPPROTO_TCP)?;
-    p.dns_query = true;
-    if let Some(e) = scope.allow.lookup(&src, family == 6, sem, &mut p.sensitive) {
-        p.allow_entry = Some(e);
-        return Ok(Counter::Allowlisted);
-    }
+    // DNS gate, then the lengths.
+    let tcp = l4.proto == IPPROTO_TCP;
+    let question = dns_gate(&frame[l4.dns_off..], tcp, l4.to_port, l4.from_port)?;
     let question_end = l4.dns_off + DNS_HEADER_LEN + question.qname.len() + 4;
     p.question_within_lengths = question_end <= length_end;
-    p.event = Some(ExpectedEvent {
+    if !p.question_within_lengths {
+        return Err(if tcp {
+            Counter::TcpNoQuestion
+        } else {
+            Counter::DnsTruncated
+        });
+    }
+    let header = ExpectedEvent {
         vlan_outer: vids[0],
         vlan_inner: vids[1],
         family,
@@ -486,9 +548,129 @@ fn classify(
         dns_id: question.id,
         qtype: question.qtype,
         qclass: question.qclass,
-        qname: question.qname,
-    });
+        qname: question.qname.clone(),
+    };
+    if question.response {
+        p.dns_response = true;
+        // The client is the destination.
+        if let Some(e) = scope.allow.lookup(&dst, family == 6, sem, &mut p.sensitive) {
+            p.allow_entry = Some(e);
+            return Ok(Counter::Allowlisted);
+        }
+        let end = length_end.min(frame.len());
+        let r = response(frame, l4.dns_off, end, question_end);
+        p.walk_counter = match r.walk {
+            WALK_COMPLETE => None,
+            WALK_LIMIT => Some(Counter::ResponseRrLimit),
+            WALK_TRUNCATED => Some(Counter::ResponseTruncated),
+            _ => Some(Counter::ResponseBadName),
+        };
+        p.event = Some(header);
+        p.response = Some(r);
+        return Ok(Counter::ResponseEvents);
+    }
+    p.dns_query = true;
+    if let Some(e) = scope.allow.lookup(&src, family == 6, sem, &mut p.sensitive) {
+        p.allow_entry = Some(e);
+        return Ok(Counter::Allowlisted);
+    }
+    p.event = Some(header);
     Ok(Counter::Events)
+}
+
+/// The response record's info for the message at `dns_off` ending at `end` (its length fields
+/// and the frame, whichever ends first), whose answers start at `answers`.
+fn response(frame: &[u8], dns_off: usize, end: usize, answers: usize) -> ExpectedResponse {
+    let h = |i: usize| u16::from_be_bytes([frame[dns_off + i], frame[dns_off + i + 1]]);
+    let ancount = h(6);
+    let msg_len = end.saturating_sub(dns_off);
+    let copied = msg_len.min(MAX_MSG_ROOM);
+    let mut r = ExpectedResponse {
+        flags: h(2),
+        ancount,
+        nscount: h(8),
+        arcount: h(10),
+        msg_len: msg_len.min(0xffff) as u16,
+        copied: copied as u16,
+        answers_walked: 0,
+        cnames: 0,
+        walk: WALK_COMPLETE,
+        addrs: Vec::new(),
+        msg: frame[dns_off..dns_off + copied].to_vec(),
+    };
+    let byte = |i: usize| (i < end).then(|| frame[i]);
+    let mut pos = answers;
+    r.walk = 'walk: loop {
+        let rr = usize::from(r.answers_walked);
+        if rr == usize::from(ancount) {
+            break WALK_COMPLETE;
+        }
+        if rr == MAX_ANSWER_RRS {
+            break WALK_LIMIT;
+        }
+        // The owner name: labels, ended by the root label or by a pointer to an earlier offset.
+        let start = pos;
+        let mut labels = 0;
+        loop {
+            if labels == MAX_LABELS {
+                break 'walk WALK_BAD_NAME;
+            }
+            // A name byte is judged with the one after it (see the module's notes).
+            let (Some(len), Some(next)) = (byte(pos), byte(pos + 1)) else {
+                break 'walk WALK_TRUNCATED;
+            };
+            if len == 0 {
+                pos += 1;
+                break;
+            }
+            if len & 0xc0 == 0xc0 {
+                let target = (usize::from(len & 0x3f) << 8) | usize::from(next);
+                if dns_off + target >= pos {
+                    break 'walk WALK_BAD_NAME;
+                }
+                pos += 2;
+                break;
+            }
+            if len > MAX_LABEL_LEN {
+                break 'walk WALK_BAD_NAME;
+            }
+            pos += 1 + usize::from(len);
+            if pos - start >= MAX_NAME_LEN {
+                break 'walk WALK_BAD_NAME;
+            }
+            labels += 1;
+        }
+        // TYPE, CLASS, TTL, RDLENGTH, then RDATA, all inside the message.
+        if pos + 10 > end {
+            break WALK_TRUNCATED;
+        }
+        let f = |i: usize| u16::from_be_bytes([frame[pos + i], frame[pos + i + 1]]);
+        let (rtype, class, rdlen) = (f(0), f(2), usize::from(f(8)));
+        let ttl = (u32::from(f(4)) << 16) | u32::from(f(6));
+        let rdata = pos + 10;
+        if rdata + rdlen > end {
+            break WALK_TRUNCATED;
+        }
+        if rtype == 5 {
+            r.cnames += 1;
+        } else if class == 1
+            && ((rtype == 1 && rdlen == 4) || (rtype == 28 && rdlen == 16))
+            && r.addrs.len() < MAX_ADDRS
+        {
+            let mut a = [0u8; 16];
+            if rtype == 1 {
+                a[10] = 0xff;
+                a[11] = 0xff;
+                a[12..].copy_from_slice(&frame[rdata..rdata + 4]);
+            } else {
+                a.copy_from_slice(&frame[rdata..rdata + 16]);
+            }
+            r.addrs.push((a, ttl, rtype == 28));
+        }
+        pos = rdata + rdlen;
+        r.answers_walked += 1;
+    };
+    r
 }
 
 fn is_ext(next: u8) -> bool {
@@ -529,7 +711,9 @@ fn walk_ipv6(frame: &[u8], start: usize, first: u8) -> Result<Walked, Counter> {
         }
         let rest = frame.get(pos..).unwrap_or(&[]);
         let (nh, len) = ext_header(next, rest).ok_or(Counter::BadIpv6)?;
-        if next == IPPROTO_FRAGMENT {
+        // An atomic fragment (offset 0, M = 0) is a whole packet: walk on.
+        let atomic = next == IPPROTO_FRAGMENT && rest[2] == 0 && rest[3] & 0xf9 == 0;
+        if next == IPPROTO_FRAGMENT && !atomic {
             // A fragment whatever follows: in a non-first fragment that is data.
             return Ok(Walked {
                 proto: nh,
@@ -547,27 +731,40 @@ fn walk_ipv6(frame: &[u8], start: usize, first: u8) -> Result<Walked, Counter> {
     })
 }
 
-fn transport(frame: &[u8], w: &Walked, scope: &Scope) -> Result<L4, Counter> {
+fn transport(frame: &[u8], w: &Walked, scope: &Scope, ip_end: usize) -> Result<L4, Counter> {
     let rest = frame.get(w.l4_off..).unwrap_or(&[]);
     match w.proto {
         IPPROTO_UDP => {
             let h = etherparse::UdpHeaderSlice::from_slice(rest).map_err(|_| Counter::BadL4)?;
-            if !scope.watched(h.destination_port()) {
+            let (to_port, from_port) = (
+                scope.watched(h.destination_port()),
+                scope.watched(h.source_port()),
+            );
+            if !to_port && !from_port {
                 return Err(Counter::NotDns);
+            }
+            let len = usize::from(h.length());
+            if (1..8).contains(&len) {
+                return Err(Counter::BadL4);
             }
             Ok(L4 {
                 src_port: h.source_port(),
                 dst_port: h.destination_port(),
+                to_port,
+                from_port,
                 proto: IPPROTO_UDP,
                 dns_off: w.l4_off + h.slice().len(),
-                length_end: w.l4_off + usize::from(h.length()),
+                // 0: a jumbogram's, bounded by the datagram.
+                length_end: if len == 0 { ip_end } else { w.l4_off + len },
             })
         }
         IPPROTO_TCP => {
             // The fixed header first, then the port, then the data offset and the options.
             let fixed = rest.get(..20).ok_or(Counter::BadL4)?;
             let dst_port = u16::from_be_bytes([fixed[2], fixed[3]]);
-            if !scope.watched(dst_port) {
+            let src_port = u16::from_be_bytes([fixed[0], fixed[1]]);
+            let (to_port, from_port) = (scope.watched(dst_port), scope.watched(src_port));
+            if !to_port && !from_port {
                 return Err(Counter::NotDns);
             }
             // A data offset below 5, or options cut short.
@@ -581,9 +778,15 @@ fn transport(frame: &[u8], w: &Walked, scope: &Scope) -> Result<L4, Counter> {
                 return Err(Counter::TcpNoQuestion);
             }
             let dns_off = w.l4_off + hlen + 2;
+            let prefix = usize::from(u16::from_be_bytes([payload[0], payload[1]]));
+            if dns_off + prefix > ip_end {
+                return Err(Counter::TcpNoQuestion);
+            }
             Ok(L4 {
-                src_port: u16::from_be_bytes([fixed[0], fixed[1]]),
+                src_port,
                 dst_port,
+                to_port,
+                from_port,
                 proto: IPPROTO_TCP,
                 dns_off,
                 length_end: dns_off + usize::from(u16::from_be_bytes([payload[0], payload[1]])),
@@ -596,13 +799,14 @@ fn transport(frame: &[u8], w: &Walked, scope: &Scope) -> Result<L4, Counter> {
 /// A query's question, as the record carries it.
 struct Question {
     id: u16,
+    response: bool,
     qtype: u16,
     qclass: u16,
     qname: Vec<u8>,
 }
 
 /// The DNS header gate and the QNAME walk over `msg` (the message up to the frame's end).
-fn dns_gate(msg: &[u8], tcp: bool) -> Result<Question, Counter> {
+fn dns_gate(msg: &[u8], tcp: bool, to_port: bool, from_port: bool) -> Result<Question, Counter> {
     let short = if tcp {
         Counter::TcpNoQuestion
     } else {
@@ -611,8 +815,12 @@ fn dns_gate(msg: &[u8], tcp: bool) -> Result<Question, Counter> {
     let [id_hi, id_lo, flags, _, qd_hi, qd_lo, ..] = *msg else {
         return Err(short);
     };
-    if flags & 0x80 != 0 {
+    let response = flags & 0x80 != 0;
+    if response && !from_port {
         return Err(Counter::DnsResponse);
+    }
+    if !response && !to_port {
+        return Err(Counter::DnsQueryFromPort);
     }
     if (flags >> 3) & 0x0f != 0 {
         return Err(Counter::DnsOpcode);
@@ -647,6 +855,7 @@ fn dns_gate(msg: &[u8], tcp: bool) -> Result<Question, Counter> {
     let tail = name.get(used + 1..used + 5).ok_or(short)?;
     Ok(Question {
         id: u16::from_be_bytes([id_hi, id_lo]),
+        response,
         qtype: u16::from_be_bytes([tail[0], tail[1]]),
         qclass: u16::from_be_bytes([tail[2], tail[3]]),
         qname: qname.to_vec(),

@@ -9,7 +9,9 @@ use crate::config::Config;
 
 mod blocklist;
 mod check_config;
+mod pdns;
 mod run;
+mod state_owner;
 mod stats;
 
 #[derive(Parser)]
@@ -57,6 +59,24 @@ pub enum Command {
         #[command(subcommand)]
         command: BlocklistCommand,
     },
+    /// What the passive DNS store saw: a name's answers and clients, a domain and every name
+    /// below it, the names behind an address, or what one client resolved. Reads `pdns.path`,
+    /// also while the daemon writes it.
+    Pdns {
+        #[arg(value_enum)]
+        by: pdns::PdnsBy,
+        /// The name, domain or IP address.
+        value: String,
+        /// Only what was seen since: a duration back from now (2h, 7d), a UTC date
+        /// (2026-12-01) or a time (2026-12-01T08:00:00Z). Default: the whole retention.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +87,49 @@ pub enum BlocklistCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an address or range off every list now (kernel map, EDL, state) and keep it off
+    /// for a while; works with the daemon running or not, and is audited.
+    Unblock {
+        /// An address or CIDR.
+        net: String,
+        /// How long it stays off (e.g. `2h`, `7days`); default: blocklist.policy.expiry_days.
+        #[arg(long = "for")]
+        for_: Option<String>,
+        /// Why (recorded in the audit log with who and when).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Never list an address or range, until revoked (takes it off every list now too).
+    Allow {
+        net: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the operator's allow or unblock of exactly this address or range.
+    Revoke {
+        net: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What is kept off the lists and why: operator decisions, protected addresses, allowlists.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -126,9 +189,65 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             file,
             no_interfaces,
         } => check_config::check_config(&file, no_interfaces),
+        Command::Pdns {
+            by,
+            value,
+            since,
+            json,
+            config,
+        } => pdns::pdns(
+            load_config(config.as_ref())?,
+            by,
+            &value,
+            since.as_deref(),
+            json,
+        ),
         Command::Blocklist {
             command: BlocklistCommand::Show { config, json },
         } => blocklist::show(load_config(config.as_ref())?, json),
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Unblock {
+                    net,
+                    for_,
+                    reason,
+                    config,
+                    json,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::unblock(config, &net, for_, &reason, json)
+        }
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Allow {
+                    net,
+                    reason,
+                    config,
+                    json,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::allow(config, &net, &reason, json)
+        }
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Revoke {
+                    net,
+                    reason,
+                    config,
+                    json,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::revoke(config, &net, &reason, json)
+        }
+        Command::Blocklist {
+            command: BlocklistCommand::List { config, json },
+        } => blocklist::list(load_config(config.as_ref())?, json),
         Command::Blocklist {
             command:
                 BlocklistCommand::Run {
@@ -136,6 +255,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     date,
                     force,
                 },
-        } => blocklist::run(load_config(config.as_ref())?, date, force),
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::run(config, date, force)
+        }
     }
 }

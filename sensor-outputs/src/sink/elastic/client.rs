@@ -46,6 +46,10 @@ pub struct EsConnection<'a> {
     pub timeout: Duration,
     /// Time limit of connecting; `None`: only `timeout`.
     pub connect_timeout: Option<Duration>,
+    /// Accept plain `http://` node URLs on non-loopback hosts although credentials are set.
+    pub allow_insecure_http: bool,
+    /// The most bytes of one answer read; a larger answer is an error, not read further.
+    pub max_response_bytes: usize,
     pub keys: &'a EsKeys,
 }
 
@@ -62,6 +66,7 @@ pub struct EsClient {
     nodes: Vec<String>,
     next: AtomicUsize,
     auth: Auth,
+    max_response_bytes: usize,
 }
 
 impl std::fmt::Debug for EsClient {
@@ -86,6 +91,10 @@ pub struct Transport {
     /// The error and its causes on one line.
     pub message: String,
 }
+
+/// The default cap of one answer: a composite page of 65,535 buckets with its two
+/// sub-aggregations is about 15 MB, a bulk answer of 1,000 items well under 1 MB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,12 +147,25 @@ impl EsClient {
                 ));
             }
         };
+        if !matches!(auth, Auth::None) {
+            for u in c.urls {
+                http::check_url(keys.urls, u, c.allow_insecure_http)?;
+            }
+        }
+        if c.max_response_bytes == 0 {
+            return Err(invalid(
+                keys.urls,
+                "max_response_bytes must be above 0".into(),
+            ));
+        }
         let http = http::client(&HttpSettings {
             key: keys.ca_file,
             timeout: Some(c.timeout),
             connect_timeout: c.connect_timeout,
             ca_file: c.ca_file,
-            redirects: true,
+            // Requests carry the password or API key; Elasticsearch never redirects, so a
+            // redirect is a proxy's doing and following it could hand the credential on.
+            redirects: false,
         })?;
         Ok(Self {
             http,
@@ -154,6 +176,7 @@ impl EsClient {
                 .collect(),
             next: AtomicUsize::new(0),
             auth,
+            max_response_bytes: c.max_response_bytes,
         })
     }
 
@@ -188,8 +211,13 @@ impl EsClient {
         };
         let resp = req.send().await.map_err(fail)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(fail)?;
-        Ok((status, bytes.to_vec()))
+        let bytes = http::read_capped(resp, self.max_response_bytes)
+            .await
+            .map_err(|e| Transport {
+                node: node.clone(),
+                message: e.to_string(),
+            })?;
+        Ok((status, bytes))
     }
 }
 
@@ -214,6 +242,8 @@ mod tests {
             ca_file: None,
             timeout: Duration::from_secs(1),
             connect_timeout: None,
+            allow_insecure_http: false,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             keys: &KEYS,
         }
     }
@@ -257,6 +287,39 @@ mod tests {
 
         let client = EsClient::new(&conn(&ok)).unwrap();
         assert_eq!(client.nodes, ["http://127.0.0.1:9200"]);
+    }
+
+    #[test]
+    fn credentials_over_plain_http_need_an_explicit_yes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw_file = dir.path().join("pw");
+        std::fs::write(&pw_file, "hunter2").unwrap();
+        let pw = SecretSource {
+            env: None,
+            file: Some(pw_file),
+        };
+        let remote = vec!["http://es.corp.example:9200".to_owned()];
+        let basic = EsConnection {
+            username: Some("elastic"),
+            password: Some(&pw),
+            ..conn(&remote)
+        };
+        let e = EsClient::new(&basic).unwrap_err();
+        assert!(e.to_string().contains("allow_insecure_http"), "{e}");
+        assert_eq!(key_of(e), "t.urls");
+        EsClient::new(&EsConnection {
+            allow_insecure_http: true,
+            ..basic
+        })
+        .unwrap();
+        // Without credentials nothing secret travels; with https or on loopback it is fine.
+        EsClient::new(&conn(&remote)).unwrap();
+        let tls = vec!["https://es.corp.example:9200".to_owned()];
+        EsClient::new(&EsConnection {
+            urls: &tls,
+            ..basic
+        })
+        .unwrap();
     }
 
     #[tokio::test]

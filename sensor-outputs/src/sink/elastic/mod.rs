@@ -38,9 +38,7 @@ use tokio::sync::{mpsc, watch};
 use super::SinkError;
 use crate::metrics::Metric;
 use sensor_intel::inventory::Inventory;
-use sensor_model::{
-    enriched::Enriched, error::ConfigError, secret::SecretSource, verdict::Verdict,
-};
+use sensor_model::{enriched::Enriched, error::ConfigError, secret::SecretSource};
 
 pub mod client;
 pub mod document;
@@ -109,6 +107,12 @@ pub struct ElasticSection {
     /// A PEM bundle of the CA certificates that signed the nodes' certificates; when set, the
     /// client trusts only these CAs (not the system's roots). Default: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Accept plain `http://` node URLs on non-loopback hosts although `password` or `api_key`
+    /// is set (the credential then crosses the network in clear). Default false.
+    pub allow_insecure_http: bool,
+    /// The most bytes of one answer read (bulk results, errors); a larger answer is an error,
+    /// never buffered whole. Default 67108864 (64 MiB).
+    pub max_response_bytes: usize,
     /// Name of the composable index template. Default `dns-sensor-hits`.
     pub template_name: String,
     /// Install (overwrite) the template at start. Default true. Needs the
@@ -134,6 +138,8 @@ impl Default for ElasticSection {
             password: None,
             api_key: None,
             ca_file: None,
+            allow_insecure_http: false,
+            max_response_bytes: client::DEFAULT_MAX_RESPONSE_BYTES,
             template_name: "dns-sensor-hits".into(),
             install_template: true,
         }
@@ -162,6 +168,8 @@ impl ElasticSection {
             ca_file: self.ca_file.as_deref(),
             timeout,
             connect_timeout: Some(timeout.min(Duration::from_secs(10))),
+            allow_insecure_http: self.allow_insecure_http,
+            max_response_bytes: self.max_response_bytes,
             keys: &KEYS,
         }
     }
@@ -199,6 +207,9 @@ impl ElasticSection {
                     format!("{u:?} must not have a query or fragment"),
                 );
             }
+            if self.password.is_some() || self.api_key.is_some() {
+                sensor_model::http::check_url("elasticsearch.urls", u, self.allow_insecure_http)?;
+            }
         }
         document::IndexPattern::parse(&self.index).map_err(|message| ConfigError::Invalid {
             key: "elasticsearch.index",
@@ -211,6 +222,10 @@ impl ElasticSection {
             ("elasticsearch.flush_interval_ms", self.flush_interval_ms),
             ("elasticsearch.retry_initial_ms", self.retry_initial_ms),
             ("elasticsearch.request_timeout_ms", self.request_timeout_ms),
+            (
+                "elasticsearch.max_response_bytes",
+                self.max_response_bytes as u64,
+            ),
         ] {
             if v == 0 {
                 return invalid(key, "must be greater than 0".into());
@@ -384,10 +399,8 @@ impl ElasticSink {
         let event = &shared.event;
         let wanted = match self.filter {
             EventFilter::All => true,
-            EventFilter::Malicious => event
-                .intel
-                .as_ref()
-                .is_some_and(|a| a.verdict == Verdict::Malicious),
+            // Alerts: a malicious query, or an answer that is a detection of its own.
+            EventFilter::Malicious => event.query.is_alert(event.intel.as_deref()),
         };
         let c = &self.counters;
         super::intake(

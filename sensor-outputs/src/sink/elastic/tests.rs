@@ -6,7 +6,7 @@ use std::path::Path;
 use super::*;
 use sensor_model::{
     query::Query,
-    verdict::{Assessment, Confidence, Finding, Severity},
+    verdict::{Assessment, Confidence, Finding, Severity, Verdict},
 };
 
 #[test]
@@ -107,6 +107,7 @@ fn query(src: &str, name: &str, ts: u64) -> Query {
         qtype: 1,
         qclass: 1,
         name: name.into(),
+        answer: None,
     }
 }
 

@@ -274,7 +274,7 @@ impl Worker {
                     tracing::warn!(
                         template = %name,
                         status = status.as_u16(),
-                        answer = %String::from_utf8_lossy(&body[..body.len().min(300)]),
+                        answer = %sensor_model::text::one_line(&String::from_utf8_lossy(&body), 300),
                         "elasticsearch: index template refused; indexing without it (new indices \
                          get dynamic mappings: install it by hand or grant manage_index_templates)"
                     );
@@ -350,7 +350,7 @@ impl Worker {
                     } else if !status.is_success() {
                         tracing::warn!(
                             status = code,
-                            answer = %String::from_utf8_lossy(&answer[..answer.len().min(300)]),
+                            answer = %sensor_model::text::one_line(&String::from_utf8_lossy(&answer), 300),
                             "elasticsearch: bulk request rejected"
                         );
                         self.drop_items("bulk", &format!("http_{code}"), pending.len());
@@ -409,7 +409,7 @@ impl Worker {
             }
             BulkAnswer::Items(items) => items,
             BulkAnswer::Unreadable(why) => {
-                tracing::warn!(error = %why, "elasticsearch: unreadable bulk answer; retrying");
+                tracing::warn!(error = %sensor_model::text::one_line(&why.to_string(), 300), "elasticsearch: unreadable bulk answer; retrying");
                 return Err(pending);
             }
         };
@@ -421,7 +421,10 @@ impl Worker {
                 200 | 201 => indexed += 1,
                 409 => already += 1,
                 s if retriable(s) => again.push(item),
-                s => failed.push(r.error.map_or_else(|| format!("http_{s}"), |e| e.kind)),
+                s => failed.push(
+                    r.error
+                        .map_or_else(|| format!("http_{s}"), |e| error_kind(&e.kind)),
+                ),
             }
         }
         c.indexed.fetch_add(indexed, Ordering::Relaxed);
@@ -432,5 +435,35 @@ impl Worker {
             self.drop_items("bulk", &reason[0], reason.len());
         }
         Ok(again)
+    }
+}
+
+/// An item's error type as a drop reason: it becomes a metric label and a log field, and the
+/// server chose it. Elasticsearch's types are snake_case words (`mapper_parsing_exception`);
+/// anything else is `other_error`.
+fn error_kind(kind: &str) -> String {
+    let plain = !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        kind.to_owned()
+    } else {
+        "other_error".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod error_kind_tests {
+    #[test]
+    fn server_chosen_error_types_are_plain_labels() {
+        assert_eq!(
+            super::error_kind("mapper_parsing_exception"),
+            "mapper_parsing_exception"
+        );
+        for odd in ["", "a\nb", "Evil{label=\"x\"}", &"x".repeat(65)] {
+            assert_eq!(super::error_kind(odd), "other_error", "{odd:?}");
+        }
     }
 }

@@ -10,7 +10,8 @@ use sensor_model::{error::ConfigError, secret::SecretSource, verdict::Verdict};
 /// the event carries none).
 ///
 /// In TOML: `"all"`, `"malicious"`, `"not_clean"`, or a list of `"malicious"`, `"clean"`,
-/// `"unknown"`, `"trusted"`, `"none"` (`"none"`: events without a verdict). With intel off
+/// `"unknown"`, `"trusted"`, `"not_looked_up"`, `"none"` (`"none"`: events without a verdict;
+/// `"not_looked_up"`: names deliberately not sent to a provider, see `[intel.egress]`). With intel off
 /// every event has no verdict: `"all"` and `"not_clean"` keep them all (nothing is known to be
 /// clean), `"malicious"` keeps none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -22,11 +23,12 @@ const MALICIOUS: u8 = 1 << 1;
 const CLEAN: u8 = 1 << 2;
 const UNKNOWN: u8 = 1 << 3;
 const TRUSTED: u8 = 1 << 4;
+const NOT_LOOKED_UP: u8 = 1 << 5;
 
 impl EventFilter {
-    pub const ALL: Self = Self(NONE | MALICIOUS | CLEAN | UNKNOWN | TRUSTED);
+    pub const ALL: Self = Self(NONE | MALICIOUS | CLEAN | UNKNOWN | TRUSTED | NOT_LOOKED_UP);
     pub const MALICIOUS: Self = Self(MALICIOUS);
-    pub const NOT_CLEAN: Self = Self(NONE | MALICIOUS | UNKNOWN | TRUSTED);
+    pub const NOT_CLEAN: Self = Self(NONE | MALICIOUS | UNKNOWN | TRUSTED | NOT_LOOKED_UP);
 
     /// Whether an event with this verdict (`None`: intel off) is produced.
     pub fn keeps(self, verdict: Option<Verdict>) -> bool {
@@ -36,6 +38,7 @@ impl EventFilter {
             Some(Verdict::Clean) => CLEAN,
             Some(Verdict::Unknown) => UNKNOWN,
             Some(Verdict::Trusted) => TRUSTED,
+            Some(Verdict::NotLookedUp) => NOT_LOOKED_UP,
         };
         self.0 & bit != 0
     }
@@ -46,11 +49,12 @@ impl EventFilter {
             "clean" => CLEAN,
             "unknown" => UNKNOWN,
             "trusted" => TRUSTED,
+            "not_looked_up" => NOT_LOOKED_UP,
             "none" => NONE,
             other => {
                 return Err(format!(
-                    "unknown verdict {other:?} (expected malicious, clean, unknown, trusted or \
-                     none)"
+                    "unknown verdict {other:?} (expected malicious, clean, unknown, trusted, \
+                     not_looked_up or none)"
                 ));
             }
         })
@@ -150,8 +154,9 @@ impl Acks {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolSection {
-    /// Directory of the spool's segment files (created if missing; one sensor per directory).
-    /// Required.
+    /// Directory of the spool's segment files (created if missing). One sensor per directory:
+    /// the spool holds a `flock` on `<path>/lock`, and a second sensor pointed at the same
+    /// directory fails to start with an error naming this key. Required.
     pub path: PathBuf,
     /// Most bytes of all segment files together; beyond it events are dropped and counted
     /// (`spool_full`). Default 1073741824 (1 GiB).
@@ -203,7 +208,8 @@ pub struct KafkaSection {
     /// `dns-events`.
     pub topic: String,
     /// Which events: `"all"` (default), `"malicious"`, `"not_clean"`, or a list of verdicts
-    /// (`malicious`, `clean`, `unknown`, `trusted`, `none` = no verdict because intel is off).
+    /// (`malicious`, `clean`, `unknown`, `trusted`, `not_looked_up`, `none` = no verdict because
+    /// intel is off).
     pub events: EventFilter,
     /// Events waiting for the producer task; beyond it they are dropped and counted
     /// (`queue/queue_full`). Default 10000.
@@ -242,6 +248,10 @@ pub struct KafkaSection {
     /// Optional on-disk spool (`[kafka.spool]`). Default: none (an outage beyond the memory
     /// queues drops events, counted).
     pub spool: Option<SpoolSection>,
+    /// Accept `sasl.password` over a connection without TLS (`security.protocol` `plaintext`
+    /// or `sasl_plaintext`) to brokers that are not on the loopback: with SASL/PLAIN the
+    /// password then crosses the network in clear. Default false.
+    pub allow_insecure_plaintext: bool,
 }
 
 impl Default for KafkaSection {
@@ -263,6 +273,7 @@ impl Default for KafkaSection {
             properties: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spool: None,
+            allow_insecure_plaintext: false,
         }
     }
 }
@@ -368,6 +379,33 @@ impl KafkaSection {
                     format!("{key:?}: set exactly one of `env` or `file`"),
                 );
             }
+        }
+        // Credentials never travel in clear (the same rule as the HTTP clients' https).
+        let protocol = self
+            .properties
+            .get("security.protocol")
+            .map_or("plaintext".to_owned(), |p| p.to_ascii_lowercase());
+        let loopback_only = self.brokers.iter().all(|b| {
+            let host = b.rsplit_once(':').map_or(b.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        if self.secrets.contains_key("sasl.password")
+            && matches!(protocol.as_str(), "plaintext" | "sasl_plaintext")
+            && !loopback_only
+            && !self.allow_insecure_plaintext
+        {
+            return invalid(
+                "kafka.secrets",
+                format!(
+                    "\"sasl.password\" with security.protocol = {protocol:?} would cross the \
+                     network without TLS: use \"sasl_ssl\", or set \
+                     kafka.allow_insecure_plaintext = true"
+                ),
+            );
         }
         if let Some(s) = &self.spool {
             if s.path.as_os_str().is_empty() {

@@ -185,7 +185,7 @@ pub(crate) struct Worker {
     client_config: ClientConfig,
     shared: Arc<Shared>,
     topic: String,
-    encoder: Encoder,
+    encoder: crate::sink::LineEncoder,
     clock: WallClock,
     key: String,
     queue_full_retry: Duration,
@@ -214,7 +214,7 @@ impl Worker {
                 client_config: client_config.clone(),
                 shared,
                 topic: cfg.topic.clone(),
-                encoder: Encoder::new(observer, interfaces),
+                encoder: crate::sink::LineEncoder::new(Encoder::new(observer, interfaces)),
                 clock: WallClock::new(),
                 key: String::with_capacity(40),
                 queue_full_retry: Duration::from_millis(cfg.queue_full_retry_ms),
@@ -428,6 +428,15 @@ impl Worker {
             }
         }
         self.sync_spool();
+        // Unlock the spool directory now: the health check's blocking metadata request may keep
+        // the producer (and through its context this spool) alive for seconds after shutdown,
+        // and a sink started again meanwhile must be able to open the spool.
+        if let Some(spool) = &self.shared.spool {
+            let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = s.close() {
+                tracing::warn!(error = %e, "kafka spool: sync at close failed");
+            }
+        }
     }
 }
 

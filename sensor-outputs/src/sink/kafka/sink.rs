@@ -54,10 +54,12 @@ impl KafkaSink {
         let spool = match &cfg.spool {
             None => None,
             Some(s) => {
+                // The error names `kafka.spool.path` and the directory (in use by another
+                // sensor, or unusable).
                 let (spool, recovered) =
                     spool::Spool::open(&s.path, s.max_bytes).map_err(|e| SinkError::Start {
                         sink: "kafka",
-                        message: format!("cannot open the spool at {}: {e}", s.path.display()),
+                        message: e.to_string(),
                     })?;
                 if recovered.truncated_bytes > 0 {
                     tracing::warn!(

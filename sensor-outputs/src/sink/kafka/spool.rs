@@ -1,8 +1,11 @@
 //! The on-disk spool: an append-only queue of (key, document) records in segment files, for
 //! broker outages longer than the memory queues hold.
 //!
-//! Layout: `<path>/<seq, 20 digits>.seg` files, written in order, and `<path>/cursor` ("seq
-//! offset": where reading resumes). A record is `len: u32 LE` (of the body), `crc32: u32 LE` (of
+//! Layout: `<path>/<seq, 20 digits>.seg` files, written in order, `<path>/cursor` ("seq
+//! offset": where reading resumes) and `<path>/lock`, which an open spool holds with an
+//! exclusive `flock`: a second sensor pointed at the same directory would append to and delete
+//! the same segments, so it fails to start instead ([`OpenError::Locked`]). The kernel drops the
+//! lock when the holder exits, even by `kill -9`, so a crash never leaves the directory locked. A record is `len: u32 LE` (of the body), `crc32: u32 LE` (of
 //! the body), then the body: `key_len: u16 LE`, key, document.
 //!
 //! Reading hands a record to the producer and counts it outstanding in its segment until its
@@ -21,9 +24,10 @@
 //!   (duplicates, at least once).
 //! - Power loss or a kernel crash: records appended since the last fsync (about one second,
 //!   plus the buffer) are lost; a record torn by the crash fails its length or CRC check at the
-//!   next start and the segment is truncated there. A segment file created since the last
-//!   directory fsync may vanish with its records. Everything that was in the memory queues is
-//!   lost in both crash cases.
+//!   next start and the segment is truncated there. A new segment's directory entry is fsynced
+//!   before anything is written to it, and the directory is fsynced after each cursor rename, so
+//!   neither a segment nor a written cursor is lost with the directory's metadata. Everything that
+//!   was in the memory queues is lost in both crash cases.
 
 use std::{
     collections::BTreeMap,
@@ -33,9 +37,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use nix::fcntl::{Flock, FlockArg};
+
 /// The smallest `max_bytes` accepted: room for a few segments of the smallest size.
 pub const MIN_MAX_BYTES: u64 = 1 << 20;
 const HEADER: u64 = 8;
+/// The file an open spool holds its `flock` on.
+const LOCK_FILE: &str = "lock";
 /// A body longer than this is not a record we wrote: the length field is torn or corrupt.
 const MAX_BODY: u32 = 64 << 20;
 
@@ -48,10 +56,25 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// Why [`Spool::open`] failed. Both name the config key and the directory, so the one line the
+/// sensor prints at start says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "kafka.spool.path {dir}: already in use by another sensor (it holds {dir}/{LOCK_FILE}); \
+         give each sensor its own spool directory"
+    )]
+    Locked { dir: String },
+    #[error("kafka.spool.path {dir}: {source}")]
+    Io { dir: String, source: io::Error },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("the spool is full")]
     Full,
+    #[error("the spool is closed (the sink has shut down)")]
+    Closed,
     #[error("spool write failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -68,6 +91,9 @@ struct Segment {
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
+    /// Held until [`Spool::close`] or drop; `None` once closed, after which the spool touches
+    /// no file (another sensor may own the directory by then).
+    lock: Option<Flock<File>>,
     max_bytes: u64,
     segment_bytes: u64,
     segments: BTreeMap<u64, Segment>,
@@ -103,9 +129,23 @@ fn seg_name(seq: u64) -> String {
 }
 
 impl Spool {
-    /// Opens (creating) the spool at `dir`, recovering the segments an earlier run left.
-    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<(Self, Recovered)> {
-        fs::create_dir_all(dir)?;
+    /// Opens (creating) the spool at `dir`, recovering the segments an earlier run left. Fails
+    /// with [`OpenError::Locked`] while another spool (in this or another process) has `dir`
+    /// open.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Self, Recovered), OpenError> {
+        let shown = || dir.display().to_string();
+        fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+            dir: shown(),
+            source,
+        })?;
+        let lock = lock_dir(dir)?;
+        Self::open_locked(dir, max_bytes, lock).map_err(|source| OpenError::Io {
+            dir: shown(),
+            source,
+        })
+    }
+
+    fn open_locked(dir: &Path, max_bytes: u64, lock: Flock<File>) -> io::Result<(Self, Recovered)> {
         let cursor = read_cursor(dir);
         let mut seqs = Vec::new();
         for entry in fs::read_dir(dir)? {
@@ -121,6 +161,7 @@ impl Spool {
         seqs.sort_unstable();
         let mut spool = Self {
             dir: dir.to_path_buf(),
+            lock: Some(lock),
             max_bytes,
             segment_bytes: (max_bytes / 8).clamp(64 << 10, 64 << 20),
             segments: BTreeMap::new(),
@@ -199,6 +240,9 @@ impl Spool {
 
     /// Appends one record at the tail.
     pub fn append(&mut self, key: &[u8], payload: &[u8]) -> Result<(), AppendError> {
+        if self.lock.is_none() {
+            return Err(AppendError::Closed);
+        }
         let key_len = u16::try_from(key.len()).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "key longer than 65535 bytes")
         })?;
@@ -258,7 +302,7 @@ impl Spool {
             .open(self.dir.join(seg_name(seq)))?;
         // The new file's directory entry survives a power loss only once the directory is
         // synced.
-        File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         self.segments.insert(seq, Segment::default());
         self.writer = Some((seq, BufWriter::with_capacity(64 << 10, file)));
         Ok(())
@@ -266,7 +310,7 @@ impl Spool {
 
     /// The next record, without taking it: the same record is returned until [`Spool::take`].
     pub fn peek(&mut self) -> io::Result<Option<&Record>> {
-        if self.peeked.is_none() {
+        if self.peeked.is_none() && self.lock.is_some() {
             self.peeked = self.read_next()?;
         }
         Ok(self.peeked.as_ref().map(|(r, _)| r))
@@ -388,6 +432,9 @@ impl Spool {
     /// Deletes every segment read to its end with nothing outstanding; an idle, fully read
     /// current segment too (the next append starts a new one).
     fn delete_finished(&mut self) {
+        if self.lock.is_none() {
+            return;
+        }
         let writer_seq = self.writer.as_ref().map(|(s, _)| *s);
         let done: Vec<u64> = self
             .segments
@@ -425,6 +472,9 @@ impl Spool {
     /// Flushes and fsyncs appends, and writes the cursor when nothing read is outstanding.
     /// Called about once a second and at shutdown.
     pub fn sync(&mut self) -> io::Result<()> {
+        if self.lock.is_none() {
+            return Ok(());
+        }
         if self.dirty {
             if let Some((_, w)) = &mut self.writer {
                 w.flush()?;
@@ -445,6 +495,42 @@ impl Spool {
     }
 }
 
+/// Takes the directory's lock without waiting: a holder is a running sensor, which keeps it for
+/// as long as it runs.
+fn lock_dir(dir: &Path) -> Result<Flock<File>, OpenError> {
+    let io = |source| OpenError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(OpenError::Locked {
+            dir: dir.display().to_string(),
+        }),
+        Err((_, e)) => Err(io(e.into())),
+    }
+}
+
+impl Spool {
+    /// Syncs (as [`Spool::sync`]) and unlocks the directory, so a new spool may open it at once
+    /// (the sink's shutdown, while a delivery callback or health check may still hold this one
+    /// for a few seconds). Afterwards appends fail with [`AppendError::Closed`] and nothing is
+    /// read, written or deleted. The lock is released even when the sync fails.
+    pub fn close(&mut self) -> io::Result<()> {
+        let synced = self.sync();
+        self.writer = None;
+        self.read_file = None;
+        self.lock = None;
+        synced
+    }
+}
+
 fn read_cursor(dir: &Path) -> Option<(u64, u64)> {
     let text = fs::read_to_string(dir.join("cursor")).ok()?;
     let mut it = text.split_whitespace().map(str::parse::<u64>);
@@ -458,11 +544,20 @@ fn write_cursor(dir: &Path, (seq, pos): (u64, u64)) -> io::Result<()> {
     let tmp = dir.join("cursor.tmp");
     {
         let mut f = File::create(&tmp)?;
-        writeln!(f, "{seq} {pos}")?;
+        // One write call (an unbuffered `writeln!` makes one per piece).
+        f.write_all(format!("{seq} {pos}\n").as_bytes())?;
         f.sync_data()?;
     }
     // Atomic replace: a crash leaves the old cursor or the new one, never half of one.
-    fs::rename(tmp, dir.join("cursor"))
+    fs::rename(tmp, dir.join("cursor"))?;
+    // The rename lives in the directory: until the directory is synced, a power loss can bring
+    // back the old cursor (records replayed twice) or, on some file systems, neither name.
+    sync_dir(dir)
+}
+
+/// fsyncs a directory, making the entries created, renamed or removed in it durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Reads the record at `pos`: (key, payload, bytes taken), or `None` when what is there is not a
@@ -639,6 +734,54 @@ mod tests {
         let got: Vec<Vec<u8>> = drain(&mut s).into_iter().map(|r| r.payload).collect();
         let want: Vec<Vec<u8>> = (4..10).map(|i| format!("doc{i}").into_bytes()).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_fails_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (mut first, _) = Spool::open(&path, MIN_MAX_BYTES).unwrap();
+        first.append(b"k", b"kept").unwrap();
+        first.sync().unwrap();
+
+        let err = Spool::open(&path, MIN_MAX_BYTES).unwrap_err();
+        assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("kafka.spool.path {}: ", path.display())),
+            "{text}"
+        );
+        assert!(
+            text.contains("another sensor") && !text.contains('\n'),
+            "{text}"
+        );
+        // The refused open touched nothing: the first still reads what it wrote.
+        assert_eq!(drain(&mut first)[0].payload, b"kept");
+
+        drop(first);
+        let (mut second, rec) = Spool::open(&path, MIN_MAX_BYTES).unwrap();
+        assert_eq!(
+            rec.records, 1,
+            "no cursor was written after the read: replayed"
+        );
+        assert_eq!(drain(&mut second)[0].payload, b"kept");
+    }
+
+    #[test]
+    fn a_closed_spool_unlocks_its_directory_and_touches_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut first, _) = Spool::open(dir.path(), MIN_MAX_BYTES).unwrap();
+        first.append(b"k", b"before close").unwrap();
+        first.close().unwrap();
+        // Still alive (a late delivery callback holds it), but the directory is free.
+        let (mut second, rec) = Spool::open(dir.path(), MIN_MAX_BYTES).unwrap();
+        assert_eq!(rec.records, 1, "close synced the append");
+        assert!(matches!(
+            first.append(b"k", b"late"),
+            Err(AppendError::Closed)
+        ));
+        assert!(first.peek().unwrap().is_none());
+        assert_eq!(drain(&mut second)[0].payload, b"before close");
     }
 
     #[test]

@@ -106,6 +106,28 @@ fn secrets_come_from_files_and_properties_pass_through() {
     assert_eq!(c.get("security.protocol"), Some("sasl_plaintext"));
     assert_eq!(c.get("compression.type"), Some("lz4"));
     assert_eq!(c.get("enable.idempotence"), Some("true"));
+    // To a broker off the loopback, the password needs TLS, or an explicit yes.
+    let remote = text.replace(
+        "[properties]",
+        "brokers = [\"kafka1.corp:9092\"]\n[properties]",
+    );
+    let err = parse(&remote).unwrap().validate().unwrap_err().to_string();
+    assert!(
+        err.contains("`kafka.secrets`") && err.contains("allow_insecure_plaintext"),
+        "{err}"
+    );
+    assert!(!err.contains('\n') && !err.contains("s3cret"), "{err}");
+    parse(&remote.replace(
+        "[properties]",
+        "allow_insecure_plaintext = true\n[properties]",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    parse(&remote.replace("sasl_plaintext", "sasl_ssl"))
+        .unwrap()
+        .validate()
+        .unwrap();
     // A missing secret is a one-line error naming the key, without any value.
     let cfg = parse("[secrets]\n\"sasl.password\" = { env = \"KAFKA_TEST_UNSET_VAR_X\" }").unwrap();
     let err = cfg.client_config().unwrap_err().to_string();
@@ -128,6 +150,7 @@ pub(crate) fn event(i: u32, verdict: Option<Verdict>) -> Enriched {
             qtype: 1,
             qclass: 1,
             name: format!("n{i}.example.com"),
+            answer: None,
         },
         intel: verdict.map(|verdict| {
             Arc::new(Assessment {
@@ -237,4 +260,40 @@ async fn broker_down_with_spool_keeps_everything_across_a_restart() {
     s.shutdown(Duration::from_millis(100)).await;
     assert_eq!(c.spool_pending.load(Ordering::SeqCst), 3000);
     assert_eq!(c.imbalance(), 0);
+}
+
+/// Two sinks pointed at one spool directory: the second refuses to start, with one line naming
+/// the key and the directory; once the first has shut down, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sink_on_the_same_spool_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let cfg = KafkaSection {
+        brokers: vec![dead_broker()],
+        spool: Some(SpoolSection {
+            path: path.clone(),
+            max_bytes: 64 << 20,
+        }),
+        ..Default::default()
+    };
+    let first = sink(&cfg);
+    let Err(err) = KafkaSink::start(
+        &cfg,
+        "test",
+        &HashMap::from([(1, "eth0".to_owned())]),
+        Default::default(),
+    ) else {
+        panic!("a second sink opened a spool the first holds");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "kafka.spool.path {}: already in use",
+            path.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains('\n'), "{text}");
+    first.shutdown(Duration::from_millis(100)).await;
+    sink(&cfg).shutdown(Duration::from_millis(100)).await;
 }
