@@ -18,7 +18,9 @@ use ipnet::IpNet;
 use sensor_common::{Counter, Counters, Transport, event};
 use sensor_kernel::config::CaptureMode;
 use sensor_kernel::{
-    decode, loader,
+    decode,
+    lists::resolved::{Listing, ResolvedMaps},
+    loader,
     loader::{Maps, ProgramSettings},
 };
 use sensor_model::{
@@ -607,6 +609,7 @@ fn mirror_mode_drops_after_reading_and_custom_ports_apply() {
         dns_ports: vec![5300, 53],
         precise_timestamps: true,
         responses: true,
+        resolved: None,
     });
     let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "m.example", 1));
     assert_eq!(run.action, XDP_DROP);
@@ -1437,4 +1440,188 @@ fn responses_to_allowlisted_clients_or_when_off_make_no_record_and_tcp_responses
     let run = off.run(&response_frame(server4(), client4(), 1000, &msg));
     assert!(run.responses.is_empty());
     assert_response_delta(&run, Ipv4, &[ResponsesOff]);
+}
+
+/// Blocking by resolution on, with the lifetime bounds `(min, max)` seconds, and its maps.
+fn resolved_harness(bounds: (u32, u32)) -> (Harness, ResolvedMaps) {
+    let mut h = Harness::with(ProgramSettings {
+        resolved: Some(bounds),
+        ..ProgramSettings::default()
+    });
+    let maps = ResolvedMaps::take(&mut h.ebpf).expect("resolved maps");
+    (h, maps)
+}
+
+fn listing(name: &str, exact: bool) -> Listing {
+    Listing {
+        name: name.into(),
+        expires_unix: 0,
+        exact,
+    }
+}
+
+/// A packet from the client to `dst` (UDP to port 443): what a connection's first packet is
+/// to the program.
+fn to(dst: IpAddr) -> Vec<u8> {
+    let client = if dst.is_ipv4() { client4() } else { client6() };
+    ip_frame(client, dst, UDP, &udp(40001, 443, b"hello"))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn a_listed_names_answers_are_blocked_from_the_next_packet_protected_ones_never() {
+    let (mut h, mut r) = resolved_harness((2, 3600));
+    r.set_names(&[listing("evil.example", false)]).unwrap();
+    r.set_protected(&["192.0.2.99/32".parse().unwrap()])
+        .unwrap();
+    let c2 = IpAddr::V4(v4("192.0.2.1"));
+    let c2v6 = IpAddr::V6(v6("2001:db8::1"));
+    let shared = IpAddr::V4(v4("192.0.2.99"));
+    let before = h.run(&to(c2));
+    assert_eq!(before.action, XDP_PASS, "nothing blocked before the answer");
+    assert_delta(&before, &[(Packets, 1), (Ipv4, 1), (NotDns, 1)]);
+
+    // A subdomain, in mixed case (0x20 encoding), through a CNAME, three addresses.
+    let mut answers = rr(&QNAME_PTR, 5, 30, &wire_name("cdn.elsewhere.example"));
+    let target = [
+        0xc0,
+        (12 + wire_name("Www.EVIL.example").len() + 4 + 12) as u8,
+    ];
+    answers.extend(rr(&target, 1, 1, &a("192.0.2.1")));
+    answers.extend(rr(&target, 1, 600, &a("192.0.2.99")));
+    answers.extend(rr(&target, 28, 100_000, &aaaa("2001:db8::1")));
+    let msg = dns_response(7, 0x8180, "Www.EVIL.example", 1, 4, &answers);
+    let t0 = unix_now();
+    let run = h.run(&response_frame(server4(), client4(), 40000, &msg));
+    let t1 = unix_now();
+    assert_eq!(run.action, XDP_PASS, "the response itself passes");
+    assert_eq!(run.responses.len(), 1, "and is reported");
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Ipv4, 1),
+            (DnsResponses, 1),
+            (ResponseEvents, 1),
+            (ResolvedNames, 1),
+            (ResolvedBlocks, 2),
+            (ResolvedProtected, 1),
+        ],
+    );
+    let blocked = r.blocked().unwrap();
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    for b in &blocked {
+        assert_eq!(b.name, "evil.example", "the reason is the listed name");
+        assert_eq!(b.client, client4());
+        assert_eq!((b.packets, b.responses), (0, 1));
+        assert!((t0..=t1).contains(&b.set_unix));
+    }
+    let (v4_entry, v6_entry) = (&blocked[0], &blocked[1]);
+    assert_eq!((v4_entry.address, v4_entry.ttl), (c2, 1));
+    assert!(
+        (t0 + 2..=t1 + 2).contains(&v4_entry.expires_unix),
+        "TTL 1 raised to 2"
+    );
+    assert_eq!((v6_entry.address, v6_entry.ttl), (c2v6, 100_000));
+    assert!(
+        (t0 + 3600..=t1 + 3600).contains(&v6_entry.expires_unix),
+        "cut to 3600"
+    );
+
+    for (dst, action) in [(c2, XDP_DROP), (c2v6, XDP_DROP), (shared, XDP_PASS)] {
+        let run = h.run(&to(dst));
+        assert_eq!(run.action, action, "{dst}");
+        let family = if dst.is_ipv4() { Ipv4 } else { Ipv6 };
+        let outcome = if action == XDP_DROP {
+            DestBlocked
+        } else {
+            NotDns
+        };
+        assert_delta(&run, &[(Packets, 1), (family, 1), (outcome, 1)]);
+    }
+    let counts: Vec<u64> = r.blocked().unwrap().iter().map(|b| b.packets).collect();
+    assert_eq!(counts, [1, 1], "counted per entry");
+    assert_eq!(r.names().unwrap(), [("evil.example".to_owned(), 0, 1)]);
+
+    // The operator's unblock takes the address out at once.
+    let removed = r.unblock(&"2001:db8::/64".parse().unwrap()).unwrap();
+    assert_eq!(removed.destinations, 1);
+    assert_eq!(h.run(&to(c2v6)).action, XDP_PASS);
+
+    // The entry lapses after its (raised) TTL on its own, and the sweep removes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let run = h.run(&to(c2));
+        if run.action == XDP_PASS {
+            assert_delta(
+                &run,
+                &[(Packets, 1), (Ipv4, 1), (DestExpired, 1), (NotDns, 1)],
+            );
+            assert!(unix_now() >= v4_entry.expires_unix);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never lapsed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(r.sweep(unix_now()).unwrap().destinations, 1);
+    assert!(r.blocked().unwrap().is_empty());
+}
+
+#[test]
+fn only_listed_names_and_their_subdomains_block_exact_entries_only_themselves() {
+    let (mut h, mut r) = resolved_harness((300, 3600));
+    r.set_names(&[listing("evil.example", false), listing("exact.test", true)])
+        .unwrap();
+    let answer = |name: &str, ip: &str| {
+        let msg = dns_response(9, 0x8180, name, 1, 1, &rr(&QNAME_PTR, 1, 60, &a(ip)));
+        response_frame(server4(), client4(), 40000, &msg)
+    };
+    let cases = [
+        ("evil.example", "198.51.100.1", true),
+        ("a.b.c.evil.example", "198.51.100.2", true),
+        ("exact.test", "198.51.100.3", true),
+        ("sub.exact.test", "198.51.100.4", false),
+        ("notevil.example", "198.51.100.5", false),
+        ("evil.example.org", "198.51.100.6", false),
+        ("example", "198.51.100.7", false),
+        ("evil", "198.51.100.8", false),
+    ];
+    for (name, ip, blocks) in cases {
+        let run = h.run(&answer(name, ip));
+        let hit = run.delta.contains(&(ResolvedBlocks, 1));
+        assert_eq!(hit, blocks, "{name}: {:?}", run.delta);
+        let dst = IpAddr::V4(v4(ip));
+        let want = if blocks { XDP_DROP } else { XDP_PASS };
+        assert_eq!(h.run(&to(dst)).action, want, "{name} -> {ip}");
+    }
+    // Unlisting stops new blocks (the blocked addresses stay until they lapse or are unblocked).
+    r.set_names(&[]).unwrap();
+    let run = h.run(&answer("evil.example", "198.51.100.9"));
+    assert!(!run.delta.iter().any(|(c, _)| *c == ResolvedNames));
+    assert_eq!(h.run(&to(IpAddr::V4(v4("198.51.100.9")))).action, XDP_PASS);
+    assert_eq!(h.run(&to(IpAddr::V4(v4("198.51.100.1")))).action, XDP_DROP);
+}
+
+#[test]
+fn with_blocking_by_resolution_off_nothing_is_looked_at() {
+    let mut h = Harness::new();
+    let mut r = ResolvedMaps::take(&mut h.ebpf).expect("resolved maps");
+    r.set_names(&[listing("evil.example", false)]).unwrap();
+    let msg = dns_response(
+        9,
+        0x8180,
+        "evil.example",
+        1,
+        1,
+        &rr(&QNAME_PTR, 1, 60, &a("198.51.100.1")),
+    );
+    let run = h.run(&response_frame(server4(), client4(), 40000, &msg));
+    assert_response_delta(&run, Ipv4, &[ResponseEvents]);
+    assert!(r.blocked().unwrap().is_empty());
 }

@@ -582,6 +582,11 @@ fn its_system_calls_stay_inside_the_units_filter() {
         true,
     );
     assert!(svc.dig(&[&format!("@{}", svc.topo.v4(1)), "traced.example", "A"]));
+    // "sensor attached" comes before the listener is bound (under strace, long before).
+    sensor.wait_for(
+        &format!("metrics on http://127.0.0.1:{port}/metrics"),
+        Duration::from_secs(60),
+    );
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
     conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();

@@ -130,6 +130,19 @@ counters! {
     dns_name_too_long = DnsNameTooLong, true;
     /// A compression pointer inside the QNAME of a question.
     dns_compression = DnsCompression, true;
+    /// Packets dropped because their destination is in DEST_BLOCK: an address a listed name
+    /// resolved to (blocking by resolution).
+    dest_blocked = DestBlocked, true;
+    /// Packets whose destination matched a DEST_BLOCK entry past its expiry: passed.
+    dest_expired = DestExpired, false;
+    /// Responses whose QNAME (or a parent domain of it) is in BAD_NAMES.
+    resolved_names = ResolvedNames, false;
+    /// Answer addresses of listed names put into (or refreshed in) DEST_BLOCK.
+    resolved_blocks = ResolvedBlocks, false;
+    /// Answer addresses of listed names not blocked because DEST_PROTECT covers them.
+    resolved_protected = ResolvedProtected, false;
+    /// Answer addresses of listed names not blocked because DEST_BLOCK was full.
+    resolved_full = ResolvedFull, false;
 }
 
 /// Number of counters.

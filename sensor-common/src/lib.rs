@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod event;
 pub mod maps;
+pub mod resolved;
 pub mod response;
 
 pub use counters::{Counter, Counters};
@@ -50,6 +51,13 @@ pub mod map_names {
     pub const ALLOW_FILTER: &str = "ALLOW_FILTER";
     /// Per-CPU scratch space of the program (header offsets handed to the DNS stage).
     pub const SCRATCH: &str = "SCRATCH";
+    /// Blocking by resolution (see `resolved`): listed names, their filter and hash base, the
+    /// blocked destinations and what must never be blocked.
+    pub const BAD_NAMES: &str = "BAD_NAMES";
+    pub const NAME_FILTER: &str = "NAME_FILTER";
+    pub const NAME_HASH: &str = "NAME_HASH";
+    pub const DEST_BLOCK: &str = "DEST_BLOCK";
+    pub const DEST_PROTECT: &str = "DEST_PROTECT";
 }
 
 /// Name of the XDP program in the object.

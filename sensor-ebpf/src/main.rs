@@ -1,10 +1,11 @@
 //! XDP program of the DNS sensor.
 //!
-//! Per packet: Ethernet/VLAN → IPv4/IPv6 → source in BLOCKLIST? (drop) → UDP/TCP to or from a
-//! DNS port → DNS header gate → QNAME walk → client in CLIENT_ALLOW? (count) → a query record
-//! into the ring buffer; or, for a response from a DNS port, the answer walk → a response record.
+//! Per packet: Ethernet/VLAN → IPv4/IPv6 → source in BLOCKLIST? (drop) → destination in
+//! DEST_BLOCK? (drop) → UDP/TCP to or from a DNS port → DNS header gate → QNAME walk → client in
+//! CLIENT_ALLOW? (count) → a query record into the ring buffer; or, for a response from a DNS
+//! port, the answer walk → a listed name's answers into DEST_BLOCK → a response record.
 //! Every path ends in exactly one outcome counter. The action is chosen in one place
-//! (`dns_sensor`): XDP_DROP for a blocklisted source, and otherwise XDP_PASS (inline mode, fail
+//! (`dns_sensor`): XDP_DROP for a blocklisted source or a blocked destination, and otherwise XDP_PASS (inline mode, fail
 //! open) or XDP_DROP (mirror mode, the packet is a copy and has been read).
 // Built for real only for target_arch = "bpf"; for the host (a workspace member, checked by
 // clippy) the binary is an empty stub.
@@ -37,6 +38,8 @@ mod ethernet;
 mod ip;
 #[cfg(target_arch = "bpf")]
 mod program;
+#[cfg(target_arch = "bpf")]
+mod resolved;
 #[cfg(target_arch = "bpf")]
 mod transport;
 

@@ -26,7 +26,7 @@ use sensor_common::{
     },
 };
 
-use crate::{Outcome, answers, cursor::Packet, dns, ethernet, ip, transport};
+use crate::{Outcome, answers, cursor::Packet, dns, ethernet, ip, resolved, transport};
 
 #[btf_map]
 static EVENTS: RingBuf<Event, { RING_BYTES as usize }> = RingBuf::new();
@@ -59,21 +59,33 @@ static ALLOW_FILTER: Array<u64, { PREFIX_FILTER_WORDS as usize }> = Array::new()
 /// verifier state.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Scratch {
-    ev: Event,
+pub(crate) struct Scratch {
+    pub(crate) ev: Event,
     /// A response's [`ResponseInfo`], filled by the answer walk, copied into its record.
-    info: ResponseInfo,
+    pub(crate) info: ResponseInfo,
     /// Offset of the DNS header in the packet.
-    dns_off: u32,
+    pub(crate) dns_off: u32,
     /// Offset of the end of the DNS message (UDP length, IP length, TCP length prefix).
     dns_end: u32,
     /// The answer walk's position, passed through memory (see `answers::walk`).
-    walk_pos: u32,
+    pub(crate) walk_pos: u32,
     /// Explicit padding; unused.
     _pad: u32,
     /// `bpf_jiffies64()` when `ev.ts_mono_ns` was last read from the coarse clock.
     clock_jiffies: u64,
+    /// Bit `i`: a label of the QNAME starts at byte `i` (see `resolved::on_response`).
+    pub(crate) labels: [u64; 4],
+    /// The name walk's position (see `resolved::find_listed`).
+    pub(crate) name_pos: u32,
+    /// 1: the response's QNAME is listed under the key `listed`.
+    pub(crate) listed_found: u32,
+    pub(crate) listed: u64,
+    /// A DEST_BLOCK value being inserted (see `resolved::block_answers`).
+    pub(crate) dest: sensor_common::resolved::DestValue,
 }
+
+// The answer addresses are read as aligned u64 words (see `resolved::block_answers`).
+const _: () = assert!(core::mem::offset_of!(Scratch, info) % 8 == 0);
 
 const _: () = assert!(core::mem::offset_of!(Event, ifindex) == 8);
 const _: () = assert!(core::mem::offset_of!(Event, src_port) == 48);
@@ -82,7 +94,7 @@ const _: () = assert!(core::mem::offset_of!(Event, src_port) == 48);
 static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// Offsets beyond this are not DNS the program parses (the verifier needs a bound).
-const MAX_OFFSET: usize = 0x3fff;
+pub(crate) const MAX_OFFSET: usize = 0x3fff;
 
 /// 1: stamp events with `bpf_ktime_get_ns` (nanoseconds); 0: with the coarse clock (one
 /// scheduler tick, 1-4 ms). On the virtual machines measured here the precise clock read cost
@@ -122,7 +134,7 @@ pub fn dns_sensor(ctx: XdpContext) -> u32 {
         Ok(o) | Err(o) => o,
     };
     bump(counters, outcome);
-    if outcome == Counter::Blocked {
+    if outcome == Counter::Blocked || outcome == Counter::DestBlocked {
         return XDP_DROP;
     }
     // SAFETY: plain read of a static; volatile because the loader rewrites it before loading.
@@ -165,7 +177,7 @@ fn missing_slot(ctx: &XdpContext, map: MissingSlot) {
 }
 
 #[inline(always)]
-fn bump(counters: *mut u64, c: Counter) {
+pub(crate) fn bump(counters: *mut u64, c: Counter) {
     // SAFETY: `counters` points to this CPU's `Counters`, a repr(C) struct of COUNTER_COUNT u64
     // fields (size pinned in sensor-common), so index `c` is in bounds. Per-CPU memory is only
     // touched by this CPU while the program runs (no preemption in XDP), so no atomics needed.
@@ -185,13 +197,13 @@ fn may_match(filter: &Array<u64, { PREFIX_FILTER_WORDS as usize }>, bucket: u32)
 /// prefix length, then the data), and the verifier rejects the misaligned stack stores LLVM
 /// emits for a bare `Key` on the stack. Bytes 4..24 of the buffer are the key.
 #[inline(always)]
-fn key_buf(lo: u64, hi: u64) -> [u64; 3] {
+pub(crate) fn key_buf(lo: u64, hi: u64) -> [u64; 3] {
     [u64::from(128u32.to_le()) << 32, lo, hi]
 }
 
 /// The key inside a buffer from [`key_buf`].
 #[inline(always)]
-fn key_of(buf: &[u64; 3]) -> &Key<LpmAddr> {
+pub(crate) fn key_of(buf: &[u64; 3]) -> &Key<LpmAddr> {
     // SAFETY: bytes 4..24 of the 24-byte buffer hold a Key<LpmAddr> (repr(C, packed), align 1,
     // 20 bytes): the prefix length then the address, laid out by key_buf.
     unsafe { &*buf.as_ptr().cast::<u8>().add(4).cast::<Key<LpmAddr>>() }
@@ -205,14 +217,18 @@ fn lapsed(v: &BlockValue) -> bool {
     // replacing the node (an LPM update is atomic), so the u64 is never torn. Volatile because
     // the compiler must not assume the field is fixed across runs.
     let expires = unsafe { core::ptr::read_volatile(&v.expires_unix) };
-    if expires == 0 {
-        return false;
-    }
+    expires != 0 && now_unix() >= expires
+}
+
+/// Now in Unix seconds (see `TAI_OFFSET_SECS`). Only read on a blocklist hit or a listed name's
+/// response, so the clock costs nothing on the query path.
+#[inline(always)]
+pub(crate) fn now_unix() -> u64 {
     // SAFETY: a helper without arguments (kernel 6.1+).
     let now = unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000;
     // SAFETY: plain read of a static; volatile because the loader rewrites it before loading.
     let offset = unsafe { core::ptr::read_volatile(&TAI_OFFSET_SECS) };
-    now.saturating_sub(offset) >= expires
+    now.saturating_sub(offset)
 }
 
 #[inline(always)]
@@ -252,6 +268,10 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
                 return Ok(Counter::Blocked);
             }
         }
+    }
+    // A packet to an address a listed name resolved to (any protocol, any port).
+    if resolved::enabled() && resolved::destination_blocked(counters, ip::dst(&pkt, &l3)) {
+        return Ok(Counter::DestBlocked);
     }
     // After the blocklist: a blocklisted source is dropped whatever its extension headers.
     if l3.family == 6 {
@@ -452,6 +472,9 @@ fn response(
         };
         return Ok(Counter::Allowlisted);
     }
+    if resolved::enabled() {
+        resolved::find_listed(ctx, counters, scratch);
+    }
     // SAFETY: fields of this CPU's scratch slot (see `process`).
     let dns_off = vol(unsafe { core::ptr::addr_of!((*scratch).dns_off) }) as usize & MAX_OFFSET;
     // SAFETY: as above.
@@ -503,6 +526,9 @@ fn response(
             WALK_TRUNCATED => bump(counters, Counter::ResponseTruncated),
             _ => bump(counters, Counter::ResponseBadName),
         }
+    }
+    if resolved::enabled() {
+        resolved::block_if_listed(counters, scratch);
     }
     if msg_len <= MSG_ROOMS[0] {
         emit_response::<ResponseRecord0>(ctx, scratch, dns_off, msg_len)

@@ -33,7 +33,7 @@ pub static EBPF_OBJECT: &[u8] =
 /// Every map the sensor's program declares, in the order they are pinned. Not here, and never
 /// pinned: the object's global-data sections and aya-log's ring buffer ([`crate::klog::LOG_MAP`]),
 /// which only this process's [`crate::klog::KernelLog`] reads.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 12] = [
     map_names::EVENTS,
     map_names::COUNTERS,
     map_names::BLOCKLIST,
@@ -41,10 +41,25 @@ pub const ALL_MAPS: [&str; 7] = [
     map_names::CLIENT_ALLOW,
     map_names::ALLOW_FILTER,
     map_names::SCRATCH,
+    map_names::BAD_NAMES,
+    map_names::NAME_FILTER,
+    map_names::NAME_HASH,
+    map_names::DEST_BLOCK,
+    map_names::DEST_PROTECT,
 ];
 
-/// The maps kept across restarts when `blocklist.keep_on_exit` is set.
-pub const BLOCKLIST_MAPS: [&str; 2] = [map_names::BLOCKLIST, map_names::BLOCK_FILTER];
+/// The maps kept across restarts when `blocklist.keep_on_exit` is set: the blocklist, and
+/// blocking by resolution (its blocked destinations, and the names and protections the
+/// still-attached program goes on acting on).
+pub const BLOCKLIST_MAPS: [&str; 7] = [
+    map_names::BLOCKLIST,
+    map_names::BLOCK_FILTER,
+    map_names::BAD_NAMES,
+    map_names::NAME_FILTER,
+    map_names::NAME_HASH,
+    map_names::DEST_BLOCK,
+    map_names::DEST_PROTECT,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -83,6 +98,9 @@ pub struct ProgramSettings {
     pub precise_timestamps: bool,
     /// Report responses from the DNS ports (else count them as `responses_off`).
     pub responses: bool,
+    /// Blocking by resolution: `Some((min_secs, max_secs))` bounds of a blocked destination's
+    /// lifetime; `None` leaves it off (no destination check, no name check).
+    pub resolved: Option<(u32, u32)>,
 }
 
 impl ProgramSettings {
@@ -92,6 +110,7 @@ impl ProgramSettings {
             dns_ports: c.dns_ports.clone(),
             precise_timestamps: c.precise_timestamps,
             responses: c.responses,
+            resolved: None,
         }
     }
 }
@@ -103,6 +122,7 @@ impl Default for ProgramSettings {
             dns_ports: vec![53],
             precise_timestamps: false,
             responses: true,
+            resolved: None,
         }
     }
 }
@@ -139,13 +159,18 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
     let precise = u32::from(settings.precise_timestamps);
     let tai_offset = tai_offset_secs();
     let responses = u32::from(settings.responses);
+    let resolved_on = u32::from(settings.resolved.is_some());
+    let (resolved_min, resolved_max) = settings.resolved.unwrap_or((300, 86_400));
     let mut loader = EbpfLoader::new();
     loader
         .override_global("MODE", &mode, true)
         .override_global("DNS_PORTS", &ports, true)
         .override_global("PRECISE_TIMESTAMPS", &precise, true)
         .override_global("REPORT_RESPONSES", &responses, true)
-        .override_global("TAI_OFFSET_SECS", &tai_offset, true);
+        .override_global("TAI_OFFSET_SECS", &tai_offset, true)
+        .override_global("RESOLVED_BLOCKING", &resolved_on, true)
+        .override_global("RESOLVED_MIN_SECS", &resolved_min, true)
+        .override_global("RESOLVED_MAX_SECS", &resolved_max, true);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

@@ -315,3 +315,4 @@ mod tests {
     }
 }
 pub mod blocklist;
+pub mod resolved;
