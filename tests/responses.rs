@@ -64,14 +64,15 @@ impl Unbound {
             .spawn()
             .expect("start unbound");
         let u = Self { child, _dir: dir };
-        // Ready when it answers.
+        // Ready when it answers the zone's first name.
+        let probe = zone[0].split_whitespace().next().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = topo
                 .command("dig")
                 .args(["+tries=1", "+timeout=1", "+short"])
                 .arg(format!("@{addr}"))
-                .arg("www.example.test")
+                .arg(probe)
                 .output()
                 .unwrap();
             if !out.stdout.is_empty() {
@@ -328,4 +329,312 @@ fn a_gateway_sensor_pairs_each_answer_with_its_query_and_counts_the_unanswered()
             .any(|a| a["type"] == "CNAME" && a["data"] == "www.example.test"),
         "{v}"
     );
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in the namespace")
+}
+
+/// HTTP servers on port 80 of `addrs` in the resolver's namespace: each accepts, answers `ok`
+/// and counts its connections. Stopped when the returned flag is set (and one last connect).
+fn http_servers(
+    ns: &str,
+    addrs: &[std::net::Ipv4Addr],
+) -> Vec<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+    use std::io::Write as _;
+    let mut counts = Vec::new();
+    for &a in addrs {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let c = count.clone();
+        let path = format!("/run/netns/{ns}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let l = std::net::TcpListener::bind((a, 80)).expect("bind :80");
+            tx.send(()).unwrap();
+            // Ends with the test process (the namespace goes when the topology drops).
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        });
+        rx.recv().unwrap();
+        counts.push(count);
+    }
+    counts
+}
+
+/// The A record a resolver gives `name` (one query over UDP from the calling thread's
+/// namespace; the zone holds one A record per name and unbound adds no other section).
+fn resolve_a(sock: &std::net::UdpSocket, id: u16, name: &str) -> std::net::Ipv4Addr {
+    let q = sensor_testkit::packet::dns_query(id, name, 1);
+    sock.send(&q).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = sock.recv(&mut buf).expect("an answer within the timeout");
+        if u16::from_be_bytes([buf[0], buf[1]]) != id {
+            continue; // a late answer to an earlier query
+        }
+        assert_eq!(buf[3] & 0x0f, 0, "NOERROR for {name}");
+        assert_eq!(
+            u16::from_be_bytes([buf[6], buf[7]]),
+            1,
+            "one answer for {name}"
+        );
+        return std::net::Ipv4Addr::new(buf[n - 4], buf[n - 3], buf[n - 2], buf[n - 1]);
+    }
+}
+
+/// A connection attempt left in flight: a non-blocking socket that sent its SYN.
+fn start_connect(ip: std::net::Ipv4Addr) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .unwrap();
+    match connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(ip, 80)),
+    ) {
+        Err(nix::errno::Errno::EINPROGRESS) => {}
+        other => panic!("connect to {ip}: {other:?}"),
+    }
+    fd
+}
+
+/// Attempts that connected (the socket has a peer; one still in flight has none): escapes.
+fn connected(fds: &[std::os::fd::OwnedFd]) -> usize {
+    fds.iter()
+        .filter(|f| {
+            nix::sys::socket::getpeername::<nix::sys::socket::SockaddrIn>(
+                std::os::fd::AsRawFd::as_raw_fd(*f),
+            )
+            .is_ok()
+        })
+        .count()
+}
+
+/// `GET /` with curl from the client: true when the server answered.
+fn curl(topo: &Topology, ip: std::net::Ipv4Addr) -> bool {
+    let out = topo
+        .command("curl")
+        .args(["-s", "--max-time", "1", &format!("http://{ip}/")])
+        .output()
+        .expect("run curl");
+    out.status.success() && out.stdout == b"ok"
+}
+
+#[test]
+fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones_work() {
+    const TRIALS: usize = 10_000;
+    let client = Topology::new(false);
+    let resolver = Topology::new(false);
+    gateway(&client, &resolver);
+    let c2: Vec<_> = (50..54).map(|h| resolver.add_client_v4(h)).collect();
+    let clean: Vec<_> = (60..64).map(|h| resolver.add_client_v4(h)).collect();
+    let shared = resolver.add_client_v4(70);
+    let fresh = resolver.add_client_v4(71);
+    let mut zone: Vec<String> = Vec::new();
+    for (i, ip) in c2.iter().enumerate() {
+        zone.push(format!("n{i}.c2.test. 2 IN A {ip}"));
+    }
+    for (i, ip) in clean.iter().enumerate() {
+        zone.push(format!("n{i}.clean.test. 2 IN A {ip}"));
+    }
+    zone.push(format!("shared.c2.test. 2 IN A {shared}"));
+    zone.push(format!("first.c2.test. 2 IN A {fresh}"));
+    let zone_refs: Vec<&str> = zone.iter().map(String::as_str).collect();
+    let unbound = Unbound::start(&resolver, &zone_refs);
+    let server = resolver.v4(2);
+    let mut all = c2.clone();
+    all.extend(&clean);
+    all.extend([shared, fresh]);
+    let hits = http_servers(&resolver.ns, &all);
+    let count = |i: usize| hits[i].load(std::sync::atomic::Ordering::SeqCst);
+
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("rblk");
+    let metrics = free_port();
+    let config = dir.path().join("sensor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sensor]\nname = \"{name}\"\npin_root = \"/sys/fs/bpf/dns-sensor-test-{name}\"\n\
+             [capture]\ninterfaces = [\"{}\", \"{}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [blocklist]\nprotect = [\"{shared}/32\"]\n[blocklist.policy]\nstate_dir = \"{d}/state\"\n\
+             [blocklist.edl]\npath = \"{d}/edl.txt\"\n\
+             [blocklist.resolved]\nenabled = true\nmin_secs = 1\nmax_secs = 30\n\
+             names = [\"c2.test\"]\n",
+            client.host_if,
+            resolver.host_if,
+            d = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(sensor_bin(), &config, dir.path());
+
+    // The real tools first: before any answer every server is reachable; then dig resolves a
+    // listed name no one resolved before and curl cannot reach it, from its first connection.
+    assert!(curl(&client, fresh), "reachable before the answer");
+    let before = count(all.len() - 1);
+    let out = dig(&client, &server.to_string(), &["first.c2.test", "A"]);
+    assert!(out.contains(&fresh.to_string()), "{out}");
+    assert!(!curl(&client, fresh), "blocked after the answer");
+    assert_eq!(
+        count(all.len() - 1),
+        before,
+        "not one connection reached it"
+    );
+    assert!(curl(&client, clean[0]), "a clean server");
+    let shared_out = dig(&client, &server.to_string(), &["shared.c2.test", "A"]);
+    assert!(shared_out.contains(&shared.to_string()));
+    assert!(
+        curl(&client, shared),
+        "a protected address is never blocked"
+    );
+
+    // 10,000 trials: resolve, then connect at once. A listed name's connection is left in
+    // flight (its SYN sent); every 500 trials, an escape would have connected (the gateway
+    // forwards in well under a millisecond, and the window below is 200 ms) and its server
+    // would count it. A clean name's connection must complete and get the page.
+    let (c2_ips, clean_ips) = (c2.clone(), clean.clone());
+    let (escapes, false_blocks, answers_wrong) = in_ns(&client.ns, move || {
+        use std::io::Read as _;
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.connect((server, 53)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (mut escapes, mut false_blocks, mut wrong) = (0, 0, 0);
+        let mut in_flight = Vec::new();
+        for t in 0..TRIALS {
+            let k = (t / 2) % 4;
+            let listed = t % 2 == 0;
+            let name = if listed {
+                format!("n{k}.c2.test")
+            } else {
+                format!("n{k}.clean.test")
+            };
+            let ip = resolve_a(&sock, t as u16, &name);
+            let want = if listed { c2_ips[k] } else { clean_ips[k] };
+            if ip != want {
+                wrong += 1;
+            }
+            if listed {
+                in_flight.push(start_connect(ip));
+                if in_flight.len() == 500 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    escapes += connected(&in_flight);
+                    in_flight.clear();
+                }
+            } else {
+                let ok = std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from((ip, 80)),
+                    Duration::from_secs(2),
+                )
+                .and_then(|mut s| {
+                    let mut body = String::new();
+                    s.read_to_string(&mut body).map(|_| body)
+                });
+                if !ok.is_ok_and(|b| b.ends_with("ok")) {
+                    false_blocks += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        escapes += connected(&in_flight);
+        (escapes, false_blocks, wrong)
+    });
+    assert_eq!(answers_wrong, 0, "unbound's answers");
+    assert_eq!(escapes, 0, "escapes in {} listed trials", TRIALS / 2);
+    assert_eq!(
+        false_blocks,
+        0,
+        "false blocks in {} clean trials",
+        TRIALS / 2
+    );
+    for (i, ip) in c2.iter().enumerate() {
+        assert_eq!(count(i), 0, "connections that reached C2 {ip}");
+    }
+    let served: u64 = (c2.len()..c2.len() + clean.len()).map(count).sum();
+    assert_eq!(
+        served,
+        (TRIALS / 2) as u64 + 1,
+        "every clean trial (and the curl) served"
+    );
+
+    // What the operator sees: each blocked address with the listed name, the client, the TTL.
+    let show = Command::new(sensor_bin())
+        .args(["blocklist", "resolved", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let v: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let blocked = v["blocked"].as_array().unwrap();
+    let mut addrs: Vec<String> = blocked
+        .iter()
+        .map(|b| b["address"].as_str().unwrap().to_owned())
+        .collect();
+    addrs.sort();
+    let mut want: Vec<String> = c2.iter().chain([&fresh]).map(|ip| ip.to_string()).collect();
+    want.sort();
+    assert_eq!(addrs, want, "{v}");
+    for b in blocked {
+        assert_eq!(b["name"], "c2.test", "{b}");
+        assert_eq!(b["client"], client.v4(2).to_string(), "{b}");
+        assert_eq!(b["ttl"], 2, "{b}");
+        assert!(b["packets"].as_u64().unwrap() >= 1, "{b}");
+    }
+    assert!(metric(metrics, "dns_sensor_kernel_resolved_protected_total") >= 1);
+
+    // Undo: the operator's unblock makes n0's address reachable at once, and it stays so when
+    // the name is resolved again.
+    let out = Command::new(sensor_bin())
+        .args([
+            "blocklist",
+            "unblock",
+            &c2[0].to_string(),
+            "--reason",
+            "test",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(curl(&client, c2[0]), "unblocked");
+    let _ = dig(&client, &server.to_string(), &["n0.c2.test", "A"]);
+    assert!(curl(&client, c2[0]), "stays unblocked");
+    assert!(!curl(&client, c2[1]), "the others stay blocked");
+
+    // Entries lapse on their own after the TTL (2 s here, the last answer refreshed them).
+    let t0 = Instant::now();
+    while !curl(&client, c2[1]) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the block never lapsed"
+        );
+    }
+    daemon.stop();
+    drop(unbound);
 }

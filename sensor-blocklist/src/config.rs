@@ -38,6 +38,8 @@ pub struct BlocklistSection {
     pub export: crate::export::ExportSection,
     /// Where each night's results (CSV and JSON lines) are written.
     pub results_dir: PathBuf,
+    /// `[blocklist.resolved]`: blocking the addresses listed names resolve to.
+    pub resolved: crate::resolved::ResolvedSection,
 }
 
 impl Default for BlocklistSection {
@@ -55,6 +57,7 @@ impl Default for BlocklistSection {
             edl: Default::default(),
             export: Default::default(),
             results_dir: PathBuf::from(sensor_model::paths::BLOCKLIST_RESULTS_DIR),
+            resolved: Default::default(),
         }
     }
 }
@@ -83,6 +86,7 @@ impl BlocklistSection {
         }
         self.policy.validate()?;
         self.edl.validate()?;
+        self.resolved.validate()?;
         self.validate_served()
     }
 

@@ -29,6 +29,7 @@ pub mod overrides;
 pub mod protect;
 pub mod publish;
 pub mod reputation;
+pub mod resolved;
 pub mod results;
 pub mod schedule;
 pub mod store;

@@ -43,6 +43,8 @@ pub enum PublishError {
     Edl(#[from] edl::EdlError),
     #[error("installing into the kernel: {0}")]
     Kernel(#[from] kernel::KernelError),
+    #[error("blocking by resolution: {0}")]
+    Resolved(#[from] sensor_kernel::lists::resolved::ResolvedError),
 }
 
 /// What the rules need besides the `[blocklist]` section; the composition root fills it.
@@ -112,6 +114,9 @@ pub struct Published {
     pub edl_changed: bool,
     /// `None`: no sensor pinned its map (nothing to install into).
     pub kernel: Option<kernel::InstallReport>,
+    /// Blocked destinations (by resolution) removed: protected or unblocked since, or lapsed.
+    /// `None` when no sensor pinned those maps.
+    pub resolved: Option<sensor_kernel::lists::resolved::Removed>,
     /// Static entries cut around protected or operator-decided addresses.
     pub static_holes: usize,
     /// The other firewalls and this host's sets (`[blocklist.export]`); `None` when none is
@@ -173,6 +178,11 @@ pub fn publish(
     };
     let (always, static_holes) = static_entries(section, &rules.never);
     let entries = plan.kernel_entries();
+    let target_pin = match &target {
+        KernelTarget::Pinned(dir) => Some(dir.to_path_buf()),
+        KernelTarget::Map(_) => None,
+    };
+    let target_pin = target_pin.as_deref();
     let kernel = match target {
         KernelTarget::Pinned(pin_dir) => {
             if pin_dir.join(sensor_common::map_names::BLOCKLIST).exists() {
@@ -182,6 +192,14 @@ pub fn publish(
             }
         }
         KernelTarget::Map(map) => Some(kernel::install_into(map, &entries, &always)?),
+    };
+    // Blocking by resolution leaves alone what every list leaves alone, operator decisions
+    // included (the daemon's sweep publishes through the pins too, so this runs every sweep).
+    let resolved = match target_pin {
+        Some(dir) => {
+            crate::resolved::sync(dir, &rules.never.hard_holes(), rules.now.max(0) as u64)?
+        }
+        None => None,
     };
     let kernel_changed = kernel
         .as_ref()
@@ -197,6 +215,7 @@ pub fn publish(
     Ok(Published {
         edl_changed,
         kernel,
+        resolved,
         static_holes,
         exports,
     })

@@ -202,7 +202,7 @@ pub fn find_listed(ctx: &XdpContext, counters: *mut u64, scratch: *mut Scratch) 
         if (*fw >> (bit & 63)) & 1 == 0 {
             continue;
         }
-        let Some(v) = BAD_NAMES.get_ptr_mut(&key) else {
+        let Some(v) = BAD_NAMES.get_ptr_mut(key) else {
             continue;
         };
         // SAFETY: `v` points into the element, valid for the run.

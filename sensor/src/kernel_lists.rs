@@ -35,6 +35,25 @@ pub fn install(
     Ok((allowed.len(), published.kernel.map_or(0, |k| k.total)))
 }
 
+/// Blocking by resolution as the config has it: DEST_PROTECT first (every protected address and
+/// operator decision, so nothing protected is blocked even for a moment), then the listed
+/// names (`blocklist.resolved.names`; none when it is off, so a kept map from an earlier run
+/// stops acting). Returns how many names are listed.
+pub fn install_resolved(config: &Config, pin_dir: &std::path::Path) -> anyhow::Result<usize> {
+    use sensor_kernel::lists::resolved::ResolvedMaps;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let rules =
+        sensor_blocklist::publish::Rules::current(&config.blocklist, &config.rule_inputs(), now)?;
+    sensor_blocklist::resolved::sync(pin_dir, &rules.never.hard_holes(), now.max(0) as u64)?;
+    let section = &config.blocklist.resolved;
+    let listings = if section.enabled {
+        section.listings()
+    } else {
+        Vec::new()
+    };
+    Ok(ResolvedMaps::open_pinned(pin_dir)?.set_names(&listings)?)
+}
+
 /// Re-reads the config file on SIGHUP and installs its kernel lists.
 pub struct KernelLists {
     files: [PathBuf; 1],
@@ -42,6 +61,8 @@ pub struct KernelLists {
     /// restart rather than half-applied.
     started_with: Config,
     maps: Mutex<(PrefixMap<AllowValue>, PrefixMap<BlockValue>)>,
+    /// Where the program's maps are pinned (blocking by resolution's are opened there).
+    pin_dir: PathBuf,
     /// The rules the sweep, the nightly run and the EDL check apply: updated with what was
     /// installed, so they keep it rather than the start's.
     live: sensor_blocklist::daemon::Live,
@@ -65,6 +86,7 @@ impl KernelLists {
         live: sensor_blocklist::daemon::Live,
     ) -> Self {
         Self {
+            pin_dir: started_with.pin_dir(),
             files: [config_file],
             started_with,
             maps: Mutex::new((allow, block)),
@@ -82,6 +104,7 @@ impl KernelLists {
         rest.blocklist.export = self.started_with.blocklist.export.clone();
         // `--interface` replaces the file's interfaces at start; that is not a change.
         rest.capture.interfaces = self.started_with.capture.interfaces.clone();
+        rest.blocklist.resolved.names = self.started_with.blocklist.resolved.names.clone();
         if rest != self.started_with {
             tracing::warn!(
                 file = %self.files[0].display(),
@@ -91,6 +114,12 @@ impl KernelLists {
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         let (allow, block) = &mut *maps;
         let (a, b) = install(&new, allow, block).map_err(|e| ReloadError::Other(e.into()))?;
+        // `blocklist.resolved.names` is reloaded too (the bounds and the switch need a start:
+        // they are baked into the program).
+        let mut names_cfg = new.clone();
+        names_cfg.blocklist.resolved.enabled = self.started_with.blocklist.resolved.enabled;
+        let n = install_resolved(&names_cfg, &self.pin_dir)
+            .map_err(|e| ReloadError::Other(e.into()))?;
         let (entries, rules) = (new.blocklist.entries.clone(), new.rule_inputs());
         self.live.rcu(|ctx| {
             let mut ctx = (**ctx).clone();
@@ -101,6 +130,7 @@ impl KernelLists {
         tracing::info!(
             client_allow = a,
             blocklist = b,
+            resolved_names = n,
             "kernel lists reloaded from the config"
         );
         Ok(a + b)

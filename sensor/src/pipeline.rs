@@ -221,13 +221,18 @@ impl Pipeline {
             keep,
         };
 
-        let mut ebpf = loader::load(&ProgramSettings::from_section(capture), Some(&pin_dir))?;
+        let settings = ProgramSettings {
+            resolved: config.blocklist.resolved.bounds(),
+            ..ProgramSettings::from_section(capture)
+        };
+        let mut ebpf = loader::load(&settings, Some(&pin_dir))?;
         let mut maps = Maps::take(&mut ebpf)?;
         // Before attaching, so no record is missed; without it the sensor runs on (one warning).
         let kernel_log = KernelLog::start(&mut ebpf);
         // The stored nightly list and the config's entries go in by difference, so a kept
         // BLOCKLIST (keep_on_exit, keep-blocking) keeps its hit counters across the restart.
         crate::kernel_lists::install(config, &mut maps.client_allow, &mut maps.blocklist)?;
+        let resolved_names = crate::kernel_lists::install_resolved(config, &pin_dir)?;
         // Dropping `attachments` (on an error below, or a panic) detaches.
         let attachments = loader::attach(
             &mut ebpf,
@@ -259,6 +264,8 @@ impl Pipeline {
             kernel_log = kernel_log.is_some(),
             client_allow = config.filter.client_allow.len(),
             blocklist = config.blocklist.entries.len(),
+            resolved = ?config.blocklist.resolved.bounds(),
+            resolved_names,
             "sensor attached"
         );
 

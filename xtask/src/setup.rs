@@ -25,6 +25,8 @@ const BUILD_PACKAGES: &[&str] = &["bpftool", "libssl-dev", "pkg-config"];
 /// Only for the tests: real DNS clients, replay and capture tools, and `ip netns`.
 const TEST_PACKAGES: &[&str] = &[
     "dnsutils",
+    // tests/responses.rs: the client's HTTP requests to addresses blocked by resolution.
+    "curl",
     "tcpreplay",
     "tshark",
     "tcpdump",

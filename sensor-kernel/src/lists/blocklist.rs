@@ -214,7 +214,8 @@ pub fn render(entries: &[ShownEntry]) -> String {
     out
 }
 
-fn expiry_text(unix: u64) -> String {
+/// A Unix time as UTC text (`never` for 0).
+pub fn expiry_text(unix: u64) -> String {
     if unix == 0 {
         return "never".into();
     }

@@ -1,4 +1,4 @@
-//! `sensor blocklist show|run|unblock|allow|revoke|list`: the running sensor's BLOCKLIST and its
+//! `sensor blocklist show|resolved|run|unblock|allow|revoke|list`: the running sensor's BLOCKLIST and its
 //! firewalls' EDL fetches, one run of the nightly job, and the operator's decisions.
 
 use ipnet::IpNet;
@@ -6,6 +6,59 @@ use sensor_blocklist::operator::{self, Outcome, Target};
 use sensor_kernel::lists::blocklist as kernel;
 
 use crate::config::Config;
+
+pub fn resolved(config: Config, json: bool) -> anyhow::Result<()> {
+    use sensor_kernel::lists::resolved::ResolvedMaps;
+    let pin_dir = config.pin_dir();
+    if !pin_dir.join(sensor_common::map_names::DEST_BLOCK).exists() {
+        anyhow::bail!(
+            "no running sensor pinned its maps at {} (is the sensor running, and its name right?)",
+            pin_dir.display()
+        );
+    }
+    let maps = ResolvedMaps::open_pinned(&pin_dir)?;
+    let blocked = maps.blocked()?;
+    let names = maps.names()?;
+    if json {
+        let names: Vec<_> = names
+            .iter()
+            .map(|(name, expires, hits)| {
+                serde_json::json!({"name": name, "expires_unix": expires, "hits": hits})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"blocked": blocked, "names": names})
+        );
+        return Ok(());
+    }
+    let t = |u: u64| sensor_kernel::lists::blocklist::expiry_text(u);
+    println!(
+        "{:<39}  {:<24}  {:<39}  {:>6}  {:<20}  {:>9}",
+        "address", "name", "client", "ttl", "expires", "packets"
+    );
+    for b in &blocked {
+        println!(
+            "{:<39}  {:<24}  {:<39}  {:>6}  {:<20}  {:>9}",
+            b.address.to_string(),
+            b.name,
+            b.client.to_string(),
+            b.ttl,
+            t(b.expires_unix),
+            b.packets
+        );
+    }
+    println!("# {} blocked destinations\n", blocked.len());
+    println!(
+        "{:<40}  {:<20}  {:>9}",
+        "listed name", "expires", "responses"
+    );
+    for (name, expires, hits) in &names {
+        println!("{name:<40}  {:<20}  {hits:>9}", t(*expires));
+    }
+    println!("# {} listed names", names.len());
+    Ok(())
+}
 
 pub fn show(config: Config, json: bool) -> anyhow::Result<()> {
     let entries = kernel::show(&config.pin_dir())?;

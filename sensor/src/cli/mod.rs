@@ -90,6 +90,16 @@ pub enum BlocklistCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The destinations blocked by resolution (each with the listed name whose answer carried
+    /// it, the client, the TTL, when it lapses, packets dropped) and the listed names.
+    Resolved {
+        /// The running sensor's config (for its name and pin directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take an address or range off every list now (kernel map, EDL, state) and keep it off
     /// for a while; works with the daemon running or not, and is audited.
     Unblock {
@@ -205,6 +215,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Blocklist {
             command: BlocklistCommand::Show { config, json },
         } => blocklist::show(load_config(config.as_ref())?, json),
+        Command::Blocklist {
+            command: BlocklistCommand::Resolved { config, json },
+        } => blocklist::resolved(load_config(config.as_ref())?, json),
         Command::Blocklist {
             command:
                 BlocklistCommand::Unblock {

@@ -1,0 +1,112 @@
+//! `[blocklist.resolved]`: blocking by what a client resolved. The XDP program blocks the
+//! answer addresses of listed names itself (see `sensor_common::resolved`); this module holds
+//! the section and keeps the kernel's view of *what must never be blocked* in step with the
+//! rest of the blocklist: every protected address and every operator decision (`allow`,
+//! `unblock`) goes into DEST_PROTECT, and destinations it covers are removed at once. So
+//! `sensor blocklist unblock ADDR` undoes a block by resolution too, and keeps it undone.
+
+use std::path::Path;
+
+use ipnet::IpNet;
+use sensor_kernel::lists::resolved::{Listing, Removed, ResolvedError, ResolvedMaps, wire_form};
+use sensor_model::error::ConfigError;
+use serde::Deserialize;
+
+/// `[blocklist.resolved]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolvedSection {
+    /// Drop packets to the addresses listed names resolve to, from the first packet after the
+    /// answer (XDP; off by default: it blocks traffic, not just DNS).
+    pub enabled: bool,
+    /// Shortest life of a blocked destination, seconds: a shorter TTL is raised to it (clients
+    /// and their resolvers keep answers longer than short TTLs say).
+    pub min_secs: u32,
+    /// Longest life, seconds: a longer TTL is cut to it.
+    pub max_secs: u32,
+    /// Names the operator lists (each covers its subdomains; `=name` covers the name only).
+    pub names: Vec<String>,
+}
+
+impl Default for ResolvedSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min_secs: 300,
+            max_secs: 86_400,
+            names: Vec::new(),
+        }
+    }
+}
+
+impl ResolvedSection {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.min_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "blocklist.resolved.min_secs",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.max_secs < self.min_secs || self.max_secs > 7 * 86_400 {
+            return Err(ConfigError::Invalid {
+                key: "blocklist.resolved.max_secs",
+                message: format!(
+                    "must be between min_secs ({}) and 604800 (a week)",
+                    self.min_secs
+                ),
+            });
+        }
+        for n in &self.names {
+            if wire_form(n.strip_prefix('=').unwrap_or(n)).is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "blocklist.resolved.names",
+                    message: format!("{n:?} is not a DNS name"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The program's lifetime bounds when enabled.
+    pub fn bounds(&self) -> Option<(u32, u32)> {
+        self.enabled.then_some((self.min_secs, self.max_secs))
+    }
+
+    /// The operator's names as listings (never expiring).
+    pub fn listings(&self) -> Vec<Listing> {
+        self.names
+            .iter()
+            .map(|n| match n.strip_prefix('=') {
+                Some(exact) => Listing {
+                    name: exact.to_owned(),
+                    expires_unix: 0,
+                    exact: true,
+                },
+                None => Listing {
+                    name: n.clone(),
+                    expires_unix: 0,
+                    exact: false,
+                },
+            })
+            .collect()
+    }
+}
+
+/// Protects `holes` (protected addresses and operator decisions) in the running sensor's
+/// DEST_PROTECT, removing the destinations they cover, and removes lapsed destinations. `None`
+/// when no sensor pinned the maps (not running, or an older sensor).
+pub fn sync(pin_dir: &Path, holes: &[IpNet], now: u64) -> Result<Option<Removed>, ResolvedError> {
+    if !pin_dir
+        .join(sensor_common::map_names::DEST_PROTECT)
+        .exists()
+    {
+        return Ok(None);
+    }
+    let mut maps = ResolvedMaps::open_pinned(pin_dir)?;
+    let covered = maps.set_protected(holes)?;
+    let lapsed = maps.sweep(now)?;
+    Ok(Some(Removed {
+        destinations: covered.destinations + lapsed.destinations,
+        names: lapsed.names,
+    }))
+}
