@@ -475,7 +475,7 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
             "[sensor]\nname = \"{name}\"\npin_root = \"/sys/fs/bpf/dns-sensor-test-{name}\"\n\
              [capture]\ninterfaces = [\"{}\", \"{}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
              [blocklist]\nprotect = [\"{shared}/32\"]\n[blocklist.policy]\nstate_dir = \"{d}/state\"\n\
-             [blocklist.edl]\npath = \"{d}/edl.txt\"\n\
+             [blocklist.edl]\npath = \"{d}/edl.txt\"\n[pdns]\npath = \"{d}/pdns.sqlite\"\n\
              [blocklist.resolved]\nenabled = true\nmin_secs = 1\nmax_secs = 30\n\
              names = [\"c2.test\"]\n",
             client.host_if,
