@@ -45,6 +45,8 @@ struct Run {
     responses: Vec<Response>,
     /// Length of each event's ring buffer record.
     record_lens: Vec<usize>,
+    /// Every ring buffer record as it was, in order.
+    raw: Vec<Vec<u8>>,
     /// Counters that changed, with how much.
     delta: Vec<(Counter, u64)>,
 }
@@ -78,21 +80,36 @@ impl Harness {
     }
 
     fn run(&mut self, frame: &[u8]) -> Run {
+        self.run_on(frame, false)
+    }
+
+    /// Runs the TC egress program (the harness must be built with `egress: true`).
+    fn run_egress(&mut self, frame: &[u8]) -> Run {
+        self.run_on(frame, true)
+    }
+
+    fn run_on(&mut self, frame: &[u8], egress: bool) -> Run {
         let before = self.maps.counters().expect("counters");
         let t0 = mono_ns();
-        let r = loader::program(&mut self.ebpf)
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::new()
-            })
-            .unwrap_or_else(|e| panic!("test_run on {} bytes: {e}", frame.len()));
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
+        let r = if egress {
+            loader::egress_program(&mut self.ebpf).test_run(opts)
+        } else {
+            loader::program(&mut self.ebpf).test_run(opts)
+        }
+        .unwrap_or_else(|e| panic!("test_run on {} bytes: {e}", frame.len()));
         let t1 = mono_ns();
         let after = self.maps.counters().expect("counters");
         let mut events = Vec::new();
         let mut responses = Vec::new();
         let mut record_lens = Vec::new();
+        let mut raw = Vec::new();
         while let Some(item) = self.maps.events.next() {
             record_lens.push(item.len());
+            raw.push(item.to_vec());
             let ev = match decode::any(&item).expect("record size") {
                 decode::Record::Query(ev) => ev,
                 decode::Record::Response { head, info, msg } => {
@@ -124,6 +141,7 @@ impl Harness {
             events,
             responses,
             record_lens,
+            raw,
             delta,
         }
     }
@@ -610,6 +628,7 @@ fn mirror_mode_drops_after_reading_and_custom_ports_apply() {
         precise_timestamps: true,
         responses: true,
         resolved: None,
+        egress: false,
     });
     let run = h.run(&udp_query_frame(client4(), server4(), 1, 1, "m.example", 1));
     assert_eq!(run.action, XDP_DROP);
@@ -1624,4 +1643,144 @@ fn with_blocking_by_resolution_off_nothing_is_looked_at() {
     let run = h.run(&response_frame(server4(), client4(), 40000, &msg));
     assert_response_delta(&run, Ipv4, &[ResponseEvents]);
     assert!(r.blocked().unwrap().is_empty());
+}
+
+/// TC_ACT_UNSPEC as the test run returns it: "no verdict" (the next TCX program or cls_bpf
+/// filter runs, and the packet goes on).
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+
+/// A record without its timestamp (bytes 0..8), which differs between two runs.
+fn untimed(rec: &[u8]) -> Vec<u8> {
+    let mut r = rec.to_vec();
+    r[..8].fill(0);
+    r
+}
+
+#[test]
+fn the_egress_program_reports_the_same_records_as_xdp_and_never_gives_a_verdict() {
+    let mut h = Harness::with(ProgramSettings {
+        egress: true,
+        ..ProgramSettings::default()
+    });
+    let mut answers = rr(&QNAME_PTR, 5, 3600, &wire_name("edge.cdn.example"));
+    let edge = [
+        0xc0,
+        (12 + wire_name("www.example.com").len() + 4 + 12) as u8,
+    ];
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"] {
+        answers.extend(rr(&edge, 1, 60, &a(ip)));
+    }
+    let msg = dns_response(0x1234, 0x8180, "www.example.com", 1, 5, &answers);
+    let v6_msg = dns_response(7, 0x8183, "gone.example", 28, 0, &[]);
+    let frames = [
+        // What a resolver sends: a response with a CNAME chain and four addresses.
+        (
+            "IPv4 UDP response",
+            response_frame(server4(), client4(), 40000, &msg),
+        ),
+        (
+            "IPv6 NXDOMAIN",
+            response_frame(server6(), client6(), 5353, &v6_msg),
+        ),
+        (
+            "IPv4 TCP response",
+            ip_frame(server4(), client4(), TCP, &tcp(53, 40001, &tcp_dns(&msg))),
+        ),
+        // What a resolver sends upstream.
+        (
+            "IPv4 query",
+            udp_query_frame(client4(), server4(), 40002, 9, "upstream.example", 1),
+        ),
+        (
+            "IPv6 query",
+            udp_query_frame(client6(), server6(), 40003, 10, "upstream.example", 28),
+        ),
+        // Not DNS: counted, no record.
+        (
+            "not DNS",
+            ip_frame(client4(), server4(), UDP, &udp(40000, 443, b"hello")),
+        ),
+    ];
+    for (what, frame) in &frames {
+        let x = h.run(frame);
+        let t = h.run_egress(frame);
+        assert_eq!(x.action, XDP_PASS, "{what}: XDP");
+        assert_eq!(t.action, TC_ACT_UNSPEC, "{what}: TC");
+        assert_eq!(x.delta, t.delta, "{what}: the same counters");
+        assert_eq!(x.raw.len(), t.raw.len(), "{what}: as many records");
+        for (a, b) in x.raw.iter().zip(&t.raw) {
+            assert_eq!(untimed(a), untimed(b), "{what}: the same record");
+        }
+        // And they decode to the same thing (responses checked field by field elsewhere).
+        assert_eq!(x.events, t.events, "{what}");
+        for (a, b) in x.responses.iter().zip(&t.responses) {
+            assert_eq!(a.question.name, b.question.name, "{what}");
+            assert_eq!(a.kernel_addrs, b.kernel_addrs, "{what}");
+        }
+    }
+    let r = h.run_egress(&frames[0].1);
+    assert_response_delta(&r, Ipv4, &[ResponseEvents]);
+    assert_eq!(r.responses.len(), 1);
+    assert_eq!(r.responses[0].kernel_addrs.len(), 4);
+    assert_eq!(r.responses[0].kernel_cnames, 1);
+
+    // The egress program never drops: a blocklisted source (which XDP drops) is parsed and
+    // reported as any other.
+    h.lists(&[], &["192.0.2.0/24"]);
+    let frame = udp_query_frame(client4(), server4(), 40004, 11, "blocked.example", 1);
+    let x = h.run(&frame);
+    assert_eq!(x.action, XDP_DROP);
+    assert_delta(&x, &[(Packets, 1), (Ipv4, 1), (Blocked, 1)]);
+    let t = h.run_egress(&frame);
+    assert_eq!(t.action, TC_ACT_UNSPEC);
+    assert_delta(&t, &[(Packets, 1), (Ipv4, 1), (DnsQueries, 1), (Events, 1)]);
+    assert_eq!(t.events.len(), 1);
+    assert_eq!(t.events[0].name, "blocked.example");
+
+    // Nor in mirror mode (a mode of the XDP program only).
+    let mut m = Harness::with(ProgramSettings {
+        mode: CaptureMode::Mirror,
+        egress: true,
+        ..ProgramSettings::default()
+    });
+    assert_eq!(m.run(&frames[0].1).action, XDP_DROP);
+    assert_eq!(m.run_egress(&frames[0].1).action, TC_ACT_UNSPEC);
+}
+
+#[test]
+fn the_egress_program_never_blocks_by_resolution() {
+    let mut h = Harness::with(ProgramSettings {
+        resolved: Some((300, 3600)),
+        egress: true,
+        ..ProgramSettings::default()
+    });
+    let mut maps = ResolvedMaps::take(&mut h.ebpf).expect("resolved maps");
+    maps.set_names(&[listing("evil.example", false)])
+        .expect("list");
+    let msg = dns_response(
+        1,
+        0x8180,
+        "c2.evil.example",
+        1,
+        1,
+        &rr(&QNAME_PTR, 1, 600, &a("203.0.113.66")),
+    );
+    // A listed name's answer leaving a resolver that is also the clients' gateway: its address
+    // is blocked for what XDP sees next (the client's connection arriving), as on ingress.
+    let t = h.run_egress(&response_frame(server4(), client4(), 40000, &msg));
+    assert_eq!(t.action, TC_ACT_UNSPEC);
+    assert_response_delta(&t, Ipv4, &[ResponseEvents, ResolvedNames, ResolvedBlocks]);
+    let to_c2 = ip_frame(
+        client4(),
+        IpAddr::V4(v4("203.0.113.66")),
+        UDP,
+        &udp(1, 443, b"x"),
+    );
+    let x = h.run(&to_c2);
+    assert_eq!(x.action, XDP_DROP);
+    assert_delta(&x, &[(Packets, 1), (Ipv4, 1), (DestBlocked, 1)]);
+    // Leaving, the same packet is only observed (counted as what it is: not DNS).
+    let t = h.run_egress(&to_c2);
+    assert_eq!(t.action, TC_ACT_UNSPEC);
+    assert_delta(&t, &[(Packets, 1), (Ipv4, 1), (NotDns, 1)]);
 }

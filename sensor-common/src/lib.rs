@@ -62,5 +62,8 @@ pub mod map_names {
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "dns_sensor";
+/// Name of the TC egress program in the same object (`capture.egress`): the same parser and
+/// maps on what leaves an interface; it never drops.
+pub const EGRESS_PROGRAM_NAME: &str = "dns_egress";
 /// A program in the same object that only returns XDP_PASS: the benchmark's floor.
 pub const NOOP_PROGRAM_NAME: &str = "noop";

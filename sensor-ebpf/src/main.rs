@@ -1,4 +1,4 @@
-//! XDP program of the DNS sensor.
+//! XDP program of the DNS sensor, and its TC egress twin.
 //!
 //! Per packet: Ethernet/VLAN → IPv4/IPv6 → source in BLOCKLIST? (drop) → destination in
 //! DEST_BLOCK? (drop) → UDP/TCP to or from a DNS port → DNS header gate → QNAME walk → client in
@@ -7,6 +7,12 @@
 //! Every path ends in exactly one outcome counter. The action is chosen in one place
 //! (`dns_sensor`): XDP_DROP for a blocklisted source or a blocked destination, and otherwise XDP_PASS (inline mode, fail
 //! open) or XDP_DROP (mirror mode, the packet is a copy and has been read).
+//!
+//! `dns_egress` (TC, clsact egress, `capture.egress`) runs the same parser with the same maps
+//! on what leaves an interface, so a sensor on a DNS server reports the answers it sends. It
+//! skips the two drop checks and never gives a verdict (see `program::dns_egress`). The parser
+//! is generic over the context (`cursor::Ctx`): each program is its own monomorphised copy, and
+//! the XDP one is the code it was before.
 // Built for real only for target_arch = "bpf"; for the host (a workspace member, checked by
 // clippy) the binary is an empty stub.
 #![cfg_attr(target_arch = "bpf", no_std)]

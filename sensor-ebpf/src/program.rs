@@ -3,17 +3,18 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
-        BPF_RB_NO_WAKEUP,
+        BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     btf_maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     helpers::{
         bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_ktime_get_tai_ns,
-        bpf_xdp_load_bytes,
+        bpf_skb_pull_data,
     },
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::error;
 use sensor_common::{
@@ -26,7 +27,11 @@ use sensor_common::{
     },
 };
 
-use crate::{Outcome, answers, cursor::Packet, dns, ethernet, ip, resolved, transport};
+use crate::{
+    Outcome, answers,
+    cursor::{Ctx, Packet},
+    dns, ethernet, ip, resolved, transport,
+};
 
 #[btf_map]
 static EVENTS: RingBuf<Event, { RING_BYTES as usize }> = RingBuf::new();
@@ -152,6 +157,75 @@ pub fn noop(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// The TC egress program (`capture.egress`): the same parse, maps and records as `dns_sensor`,
+/// on what *leaves* an interface, so a sensor on a DNS server reports the responses it sends
+/// (whose queries arrived through XDP), and a resolver's own queries upstream (whose responses
+/// arrive through XDP). It observes only: no blocklist or destination check, and always
+/// `TC_ACT_UNSPEC`, which is "no verdict" both for a TCX link (the next program runs, and the
+/// packet passes after the last) and for a cls_bpf filter (the next filter runs). `TC_ACT_OK`
+/// would end a TCX chain and skip the programs after this one; `TC_ACT_PIPE` too (TCX runs on
+/// only after `TCX_NEXT`, which is `TC_ACT_UNSPEC`).
+#[classifier]
+pub fn dns_egress(ctx: TcContext) -> i32 {
+    let Some(counters) = COUNTERS.get_ptr_mut(0) else {
+        missing_slot(&ctx, MissingSlot::Counters);
+        return TC_ACT_UNSPEC;
+    };
+    let counters = counters.cast::<u64>();
+    bump(counters, Counter::Packets);
+    pull_if_dns(&ctx);
+    let outcome = match process(&ctx, counters) {
+        Ok(o) | Err(o) => o,
+    };
+    bump(counters, outcome);
+    TC_ACT_UNSPEC
+}
+
+/// Most bytes of a packet made directly readable on egress: the parser reads nothing past
+/// `MAX_OFFSET` anyway.
+const PULL_MAX: u32 = MAX_OFFSET as u32 + 1;
+
+/// Makes the first `min(len, PULL_MAX)` bytes of a DNS packet directly readable. An skb on
+/// egress is often not linear: TCP keeps its payload in page fragments, and only the headers
+/// are in the linear part that direct packet access sees, so without this a TCP DNS message
+/// (and a large UDP one) would count as `tcp_no_question`/`dns_truncated`. Only for packets
+/// to or from a DNS port (or whose headers are not readable): pulling copies the data (and
+/// the head of a clone, as TCP's are), which bulk traffic must never pay. The bytes and the
+/// packet are unchanged; a failed pull (no memory) leaves the packet as it was, and the parse
+/// then counts it as cut short.
+#[inline(always)]
+fn pull_if_dns(ctx: &TcContext) {
+    let pkt = Packet::new(ctx);
+    let len = ctx.len();
+    if pkt.readable() >= len as usize {
+        return;
+    }
+    let Ok(l2) = ethernet::parse(&pkt) else {
+        return;
+    };
+    let l3 = if l2.proto == ethernet::ETH_P_IP {
+        ip::parse_v4(&pkt, l2.l3_off)
+    } else {
+        ip::parse_v6(&pkt, l2.l3_off)
+    };
+    let Ok(mut l3) = l3 else {
+        return;
+    };
+    if l3.family == 6 && ip::walk_ext(&pkt, &mut l3).is_err() {
+        return;
+    }
+    if l3.fragment {
+        return;
+    }
+    if let Err(Counter::NotDns) = transport::parse(&pkt, &l3) {
+        return;
+    }
+    let want = if len < PULL_MAX { len } else { PULL_MAX };
+    // SAFETY: the program's own skb; the helper only moves bytes into the linear part (no
+    // packet byte changes) and invalidates the packet pointers, which `process` reads anew.
+    unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+}
+
 /// A one-slot per-CPU array without its slot 0.
 #[derive(Clone, Copy)]
 enum MissingSlot {
@@ -166,7 +240,7 @@ enum MissingSlot {
 /// Out of line and cold, so the per-packet code is laid out as it is without the logging.
 #[cold]
 #[inline(never)]
-fn missing_slot(ctx: &XdpContext, map: MissingSlot) {
+fn missing_slot<C: EbpfContext>(ctx: &C, map: MissingSlot) {
     match map {
         MissingSlot::Counters => error!(ctx, "COUNTERS has no slot 0: packets pass uncounted"),
         MissingSlot::Scratch => error!(
@@ -232,7 +306,7 @@ pub(crate) fn now_unix() -> u64 {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
+fn process<C: Ctx>(ctx: &C, counters: *mut u64) -> Result<Outcome, Outcome> {
     let pkt = Packet::new(ctx);
     let l2 = ethernet::parse(&pkt)?;
     // A tag with VLAN id 0 (priority tag) counts too: any tag moves the network header.
@@ -247,7 +321,8 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         ip::parse_v6(&pkt, l2.l3_off)?
     };
 
-    if may_match(&BLOCK_FILTER, l3.bucket) {
+    // Only the XDP program enforces (a constant per program: the other one has no such code).
+    if C::ENFORCES && may_match(&BLOCK_FILTER, l3.bucket) {
         let [lo, hi] = ip::src(&pkt, &l3);
         if let Some(v) = BLOCKLIST.get(key_of(&key_buf(lo, hi))) {
             if lapsed(v) {
@@ -270,7 +345,10 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
         }
     }
     // A packet to an address a listed name resolved to (any protocol, any port).
-    if resolved::enabled() && resolved::destination_blocked(counters, ip::dst(&pkt, &l3)) {
+    if C::ENFORCES
+        && resolved::enabled()
+        && resolved::destination_blocked(counters, ip::dst(&pkt, &l3))
+    {
         return Ok(Counter::DestBlocked);
     }
     // After the blocklist: a blocklisted source is dropped whatever its extension headers.
@@ -299,7 +377,7 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     unsafe {
         let words = ev.cast::<u64>();
         words.add(1).write(
-            u64::from(ctx.ingress_ifindex() as u32)
+            u64::from(ctx.ifindex())
                 | (u64::from(vlan_outer) << 32)
                 | (u64::from(vlan_inner) << 48),
         );
@@ -396,9 +474,9 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
     // A record is only as long as its class needs (see `Event`): fewer ring cache lines for
     // nearly every name. Each class is its own reservation: the verifier wants a constant size.
     if name_len < SHORT_QNAME_LEN {
-        emit::<ShortRecord>(ctx, ev, q.name_off)
+        emit::<C, ShortRecord>(ctx, ev, q.name_off)
     } else {
-        emit::<Event>(ctx, ev, q.name_off)
+        emit::<C, Event>(ctx, ev, q.name_off)
     }
 }
 
@@ -406,8 +484,8 @@ fn process(ctx: &XdpContext, counters: *mut u64) -> Result<Outcome, Outcome> {
 /// destination. Walks the answers into `scratch.info` and sends a response record (see
 /// `sensor_common::response`) in the smallest class that holds the message.
 #[inline(always)]
-fn response(
-    ctx: &XdpContext,
+fn response<C: Ctx>(
+    ctx: &C,
     counters: *mut u64,
     scratch: *mut Scratch,
     q: &dns::Query,
@@ -481,7 +559,7 @@ fn response(
     let dns_end = vol(unsafe { core::ptr::addr_of!((*scratch).dns_end) }) as usize;
     let pkt = Packet::opaque(ctx);
     // The message ends at its length or at the frame's end, whichever comes first.
-    let frame_len = ctx.data_end() - ctx.data();
+    let frame_len = Packet::new(ctx).readable();
     let end = if dns_end < frame_len {
         dns_end
     } else {
@@ -531,11 +609,11 @@ fn response(
         resolved::block_if_listed(counters, scratch);
     }
     if msg_len <= MSG_ROOMS[0] {
-        emit_response::<ResponseRecord0>(ctx, scratch, dns_off, msg_len)
+        emit_response::<C, ResponseRecord0>(ctx, scratch, dns_off, msg_len)
     } else if msg_len <= MSG_ROOMS[1] {
-        emit_response::<ResponseRecord1>(ctx, scratch, dns_off, msg_len)
+        emit_response::<C, ResponseRecord1>(ctx, scratch, dns_off, msg_len)
     } else {
-        emit_response::<ResponseRecord2>(ctx, scratch, dns_off, msg_len)
+        emit_response::<C, ResponseRecord2>(ctx, scratch, dns_off, msg_len)
     }
 }
 
@@ -548,8 +626,8 @@ type ResponseRecord2 = [u64; (MSG_OFF + MSG_ROOMS[2]) / 8];
 /// a power of two), fills it with the header and info from `scratch` and the first
 /// `min(msg_len, room)` bytes of the message at `dns_off`, and submits it.
 #[inline(always)]
-fn emit_response<R: 'static>(
-    ctx: &XdpContext,
+fn emit_response<C: Ctx, R: 'static>(
+    ctx: &C,
     scratch: *mut Scratch,
     dns_off: usize,
     msg_len: usize,
@@ -588,12 +666,7 @@ fn emit_response<R: 'static>(
                 .write(core::ptr::read_volatile(info.add(j)));
             j += 1;
         }
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            dns_off as u32,
-            rec.cast::<u8>().add(MSG_OFF).cast(),
-            len as u32,
-        )
+        ctx.load_bytes(dns_off as u32, rec.cast::<u8>().add(MSG_OFF), len as u32)
     };
     if loaded != 0 {
         // Cannot happen (the bytes were read above); never send a record without its bytes.
@@ -611,8 +684,8 @@ type ShortRecord = [u64; SHORT_RECORD_LEN / 8];
 /// of two larger than the name: the caller picks `R` by `qname_len`), fills it with the header
 /// from `ev` and the QNAME (`qname_len` bytes at `name_off` in the packet), and submits it.
 #[inline(always)]
-fn emit<R: 'static>(
-    ctx: &XdpContext,
+fn emit<C: Ctx, R: 'static>(
+    ctx: &C,
     ev: *const Event,
     name_off: usize,
 ) -> Result<Outcome, Outcome> {
@@ -688,7 +761,7 @@ fn coarse_ns(scratch: *mut Scratch) {
 /// within `len` rounded up to 8. (For `len <= 64`, everything stays in 64 bytes; for
 /// `len <= 255`, in 256.)
 #[inline(always)]
-fn copy_name(ctx: &XdpContext, off: usize, len: usize, dst: *mut u8) {
+fn copy_name<C: Ctx>(ctx: &C, off: usize, len: usize, dst: *mut u8) {
     let pkt = Packet::opaque(ctx);
     let mut i = 0usize;
     while i + 4 <= len {

@@ -18,10 +18,8 @@ use sensor_common::{
     },
 };
 
-use aya_ebpf::programs::XdpContext;
-
 use crate::{
-    cursor::Packet,
+    cursor::{Ctx, Packet},
     program::{Scratch, bump, key_buf, key_of, now_unix},
 };
 
@@ -109,7 +107,7 @@ const MAX_LABELS: usize = 128;
 /// last byte to its first ([`step`]), so that at each label start the hash is that of the
 /// suffix from there, and looks the suffix up (a NAME_FILTER probe first).
 #[inline(always)]
-pub fn find_listed(ctx: &XdpContext, counters: *mut u64, scratch: *mut Scratch) {
+pub fn find_listed<C: Ctx>(ctx: &C, counters: *mut u64, scratch: *mut Scratch) {
     // SAFETY: fields of this CPU's scratch slot (see `program::process`); cleared first, since
     // the slot keeps the previous packet's values.
     let dns_off = unsafe {

@@ -55,6 +55,11 @@ pub struct CaptureSection {
     /// Report the responses from the DNS ports (answers, response codes, response times).
     /// Off: they are counted (`responses_off`) and nothing else.
     pub responses: bool,
+    /// Also attach the TC egress program (clsact: a TCX link on 6.6+) to the interfaces: the
+    /// same parser and records on what *leaves* them. On a DNS server's own interface the
+    /// queries arrive (XDP) and the answers leave (egress): without it, a sensor on the
+    /// resolver host sees no response. It only observes, never drops; blocking stays in XDP.
+    pub egress: bool,
     /// How long a query waits for its response before it is counted unanswered (seconds).
     pub response_timeout_secs: u64,
     /// Nanosecond event timestamps (`bpf_ktime_get_ns`) instead of the coarse clock (one
@@ -73,6 +78,7 @@ impl Default for CaptureSection {
             dns_ports: vec![53],
             precise_timestamps: false,
             responses: true,
+            egress: false,
             response_timeout_secs: 5,
             on_crash: OnCrash::FailOpen,
         }

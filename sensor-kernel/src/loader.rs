@@ -9,15 +9,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
 use ipnet::IpNet;
 use sensor_common::{
-    AllowValue, BlockValue, Counters, MAX_DNS_PORTS, MODE_INLINE, MODE_MIRROR, PROGRAM_NAME,
-    map_names,
+    AllowValue, BlockValue, Counters, EGRESS_PROGRAM_NAME, MAX_DNS_PORTS, MODE_INLINE, MODE_MIRROR,
+    PROGRAM_NAME, map_names,
 };
 
 use sensor_model::error::error_chain;
@@ -75,6 +76,8 @@ pub enum LoadError {
         mode: XdpAttachMode,
         reason: String,
     },
+    #[error("attaching the TC egress program to {interface} failed: {reason}")]
+    AttachEgress { interface: String, reason: String },
     #[error("map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("map {map}: {reason}")]
@@ -101,6 +104,8 @@ pub struct ProgramSettings {
     /// Blocking by resolution: `Some((min_secs, max_secs))` bounds of a blocked destination's
     /// lifetime; `None` leaves it off (no destination check, no name check).
     pub resolved: Option<(u32, u32)>,
+    /// Load the TC egress program too (`capture.egress`), for [`attach`] to attach beside XDP.
+    pub egress: bool,
 }
 
 impl ProgramSettings {
@@ -111,6 +116,7 @@ impl ProgramSettings {
             precise_timestamps: c.precise_timestamps,
             responses: c.responses,
             resolved: None,
+            egress: c.egress,
         }
     }
 }
@@ -123,6 +129,7 @@ impl Default for ProgramSettings {
             precise_timestamps: false,
             responses: true,
             resolved: None,
+            egress: false,
         }
     }
 }
@@ -177,6 +184,13 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(classify_load_error)?;
     let prog: &mut Xdp = program(&mut ebpf);
     prog.load().map_err(classify_load_error)?;
+    if settings.egress {
+        // Verified only when asked for: the verifier's time is not spent on a program that
+        // is never attached.
+        egress_program(&mut ebpf)
+            .load()
+            .map_err(classify_load_error)?;
+    }
     Ok(ebpf)
 }
 
@@ -211,6 +225,18 @@ pub fn named_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
         .expect("the object defines the program")
         .try_into()
         .expect("the program is XDP")
+}
+
+/// The TC egress program of a loaded object (loaded when `ProgramSettings::egress` is set).
+#[expect(
+    clippy::expect_used,
+    reason = "the object is embedded at build time and defines the program as a classifier; every test that loads it checks this"
+)]
+pub fn egress_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(EGRESS_PROGRAM_NAME)
+        .expect("the object defines the egress program")
+        .try_into()
+        .expect("the egress program is a classifier")
 }
 
 /// Owned handles on the maps of a loaded object.
@@ -305,25 +331,73 @@ pub struct Attachments {
     links: Vec<Attached>,
 }
 
+/// Where a program is attached on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The XDP program, on what arrives.
+    Xdp,
+    /// The TC egress program (`capture.egress`), on what leaves.
+    TcEgress,
+}
+
+impl Hook {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::TcEgress => "tc-egress",
+        }
+    }
+}
+
+/// One attachment: its interface, hook, pin and link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentInfo {
+    pub interface: String,
+    pub hook: Hook,
+    /// The BPF link's id (`bpftool link show`); `None` for a netlink (cls_bpf) filter.
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    /// The link is pinned (keep-blocking XDP only).
+    pub pinned: bool,
+}
+
 struct Attached {
     interface: String,
+    hook: Hook,
     /// The pin keeping the attachment alive past this process (keep-blocking).
     pin: Option<PathBuf>,
-    link: FdLink,
+    link: Held,
+}
+
+/// A link this process holds: closing (dropping) it detaches the program.
+enum Held {
+    Fd(FdLink),
+    /// A cls_bpf filter on a clsact qdisc (kernels before 6.6, which have no TCX): dropping it
+    /// deletes the filter. The qdisc stays (it may be someone else's; an empty clsact changes
+    /// nothing).
+    Netlink {
+        /// Held for its `Drop` only.
+        _filter: SchedClassifierLink,
+    },
 }
 
 impl Attachments {
-    /// Link and program ids per interface, for logs and tests.
-    pub fn describe(&self) -> Vec<(String, Option<u32>, Option<u32>)> {
+    /// Link and program ids per interface and hook, for logs and tests.
+    pub fn describe(&self) -> Vec<AttachmentInfo> {
         self.links
             .iter()
             .map(|a| {
-                let info = a.link.info().ok();
-                (
-                    a.interface.clone(),
-                    info.as_ref().map(|i| i.id()),
-                    info.as_ref().map(|i| i.program_id()),
-                )
+                let info = match &a.link {
+                    Held::Fd(l) => l.info().ok(),
+                    Held::Netlink { .. } => None,
+                };
+                AttachmentInfo {
+                    interface: a.interface.clone(),
+                    hook: a.hook,
+                    link_id: info.as_ref().map(|i| i.id()),
+                    program_id: info.as_ref().map(|i| i.program_id()),
+                    pinned: a.pin.is_some(),
+                }
             })
             .collect()
     }
@@ -338,7 +412,7 @@ impl Attachments {
             if let Some(pin) = &a.pin {
                 let _ = std::fs::remove_file(pin);
             }
-            tracing::debug!(interface = %a.interface, "detached");
+            tracing::debug!(interface = %a.interface, hook = a.hook.name(), "detached");
             drop(a.link);
         }
     }
@@ -350,6 +424,64 @@ impl Drop for Attachments {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// Attaches the TC egress program (loaded with `ProgramSettings::egress`) to each interface,
+/// into `out`. A TCX link where the kernel has TCX (6.6+), appended after the programs already
+/// there; otherwise a cls_bpf filter on the clsact qdisc, which is added when missing (and
+/// never removed: another tool's filters may be on it). The program only observes, so it is
+/// never pinned: it goes with the process whatever `capture.on_crash` says (nothing of it is
+/// worth keeping without a reader, and a crash must not leave it behind).
+pub fn attach_egress(
+    ebpf: &mut Ebpf,
+    interfaces: &[String],
+    out: &mut Attachments,
+) -> Result<(), LoadError> {
+    let prog = egress_program(ebpf);
+    // The same test aya's own `attach` makes.
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    for name in interfaces {
+        let err = |reason: String| LoadError::AttachEgress {
+            interface: name.clone(),
+            reason,
+        };
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::last())
+        } else {
+            match tc::qdisc_add_clsact(name) {
+                Ok(()) => {
+                    tracing::info!(interface = %name, "added a clsact qdisc for the egress program")
+                }
+                // EEXIST: the interface has one already (ours from an earlier run, or another
+                // tool's); the filter goes on it.
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc_eexist()) => {}
+                Err(e) => return Err(err(format!("adding the clsact qdisc: {}", error_chain(&e)))),
+            }
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
+        let id = prog
+            .attach_with_options(name, TcAttachType::Egress, options)
+            .map_err(|e| err(error_chain(&e)))?;
+        let link = prog.take_link(id).map_err(|e| err(error_chain(&e)))?;
+        let link = if tcx {
+            Held::Fd(FdLink::try_from(link).map_err(|e| err(error_chain(&e)))?)
+        } else {
+            Held::Netlink { _filter: link }
+        };
+        out.links.push(Attached {
+            interface: name.clone(),
+            hook: Hook::TcEgress,
+            pin: None,
+            link,
+        });
+    }
+    Ok(())
+}
+
+/// EEXIST, as netlink reports it.
+const fn libc_eexist() -> i32 {
+    nix::errno::Errno::EEXIST as i32
 }
 
 /// Attaches the program to each interface through a BPF link.
@@ -420,8 +552,9 @@ pub fn attach(
         };
         out.links.push(Attached {
             interface: name.clone(),
+            hook: Hook::Xdp,
             pin,
-            link,
+            link: Held::Fd(link),
         });
     }
     Ok(out)

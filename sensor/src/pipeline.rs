@@ -234,13 +234,16 @@ impl Pipeline {
         crate::kernel_lists::install(config, &mut maps.client_allow, &mut maps.blocklist)?;
         let resolved_names = crate::kernel_lists::install_resolved(config, &pin_dir)?;
         // Dropping `attachments` (on an error below, or a panic) detaches.
-        let attachments = loader::attach(
+        let mut attachments = loader::attach(
             &mut ebpf,
             &capture.interfaces,
             capture.xdp_mode,
             &pin_dir,
             keep_blocking,
         )?;
+        if capture.egress {
+            loader::attach_egress(&mut ebpf, &capture.interfaces, &mut attachments)?;
+        }
         if config.sensor.drop_capabilities {
             let keep = capabilities_kept(config);
             let d = sensor_kernel::capdrop::drop_after_start(keep)?;
@@ -260,6 +263,7 @@ impl Pipeline {
             on_crash = ?capture.on_crash,
             mode = ?capture.mode,
             xdp_mode = ?capture.xdp_mode,
+            egress = capture.egress,
             pins = %pin_dir.display(),
             kernel_log = kernel_log.is_some(),
             client_allow = config.filter.client_allow.len(),
