@@ -130,6 +130,53 @@ fn dig(topo: &Topology, server: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that the answer line `d` carries the answer section `dig_answer` (dig's `+answer`
+/// output: name, TTL, type and data per record) and its addresses as `dns.resolved_ip`;
+/// returns the number of records.
+fn assert_answers_as_dug(d: &Value, dig_answer: &str, label: &str) -> usize {
+    let mut want: Vec<(String, u64, String, String)> = dig_answer
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].trim_end_matches('.').to_owned(),
+                f[1].parse().unwrap(),
+                f[3].to_owned(),
+                f[4].trim_end_matches('.').to_owned(),
+            )
+        })
+        .collect();
+    let mut got: Vec<(String, u64, String, String)> = d["dns"]["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                a["ttl"].as_u64().unwrap(),
+                a["type"].as_str().unwrap().to_owned(),
+                a["data"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{label}");
+    let mut ips: Vec<&str> = want
+        .iter()
+        .filter(|r| r.2 == "A" || r.2 == "AAAA")
+        .map(|r| r.3.as_str())
+        .collect();
+    let mut resolved: Vec<&str> = d["dns"]["resolved_ip"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+        .unwrap_or_default();
+    resolved.sort();
+    ips.sort();
+    assert_eq!(resolved, ips, "{label}");
+    want.len()
+}
+
 #[test]
 fn a_gateway_sensor_pairs_each_answer_with_its_query_and_counts_the_unanswered() {
     let client = Topology::new(false);
@@ -244,51 +291,11 @@ fn a_gateway_sensor_pairs_each_answer_with_its_query_and_counts_the_unanswered()
                 .contains(&"AA".into()),
             "unbound answers its local zone authoritatively: {d}"
         );
-        // The answer section as dig printed it: name, TTL, type, data per record.
-        let mut want: Vec<(String, u64, String, String)> = dig_answer
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (
-                    f[0].trim_end_matches('.').to_owned(),
-                    f[1].parse().unwrap(),
-                    f[3].to_owned(),
-                    f[4].trim_end_matches('.').to_owned(),
-                )
-            })
-            .collect();
-        let mut got: Vec<(String, u64, String, String)> = d["dns"]["answers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                (
-                    a["name"].as_str().unwrap().to_owned(),
-                    a["ttl"].as_u64().unwrap(),
-                    a["type"].as_str().unwrap().to_owned(),
-                    a["data"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        want.sort();
-        got.sort();
-        assert_eq!(got, want, "{qname} {qtype}");
+        let label = format!("{qname} {qtype}");
+        let want = assert_answers_as_dug(d, dig_answer, &label);
         if *n != "nope" {
-            assert!(!want.is_empty(), "unbound answered {qname} {qtype}");
+            assert!(want > 0, "unbound answered {label}");
         }
-        let ips: Vec<&str> = want
-            .iter()
-            .filter(|r| r.2 == "A" || r.2 == "AAAA")
-            .map(|r| r.3.as_str())
-            .collect();
-        let mut resolved: Vec<&str> = d["dns"]["resolved_ip"]
-            .as_array()
-            .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
-            .unwrap_or_default();
-        resolved.sort();
-        let mut ips = ips;
-        ips.sort();
-        assert_eq!(resolved, ips, "{qname} {qtype}");
     }
 
     // The answers went into the passive DNS store (committed at the stop): who resolved
@@ -637,4 +644,147 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
     }
     daemon.stop();
     drop(unbound);
+}
+
+/// Names of the programs attached to the TCX egress hook of `dev` in namespace `ns` (the
+/// kernel's own list; this bpftool predates TCX and does not show them).
+fn tcx_egress(ns: &str, dev: &str) -> Vec<String> {
+    let dev = dev.to_owned();
+    in_ns(ns, move || {
+        let (_, progs) =
+            aya::programs::SchedClassifier::query_tcx(&dev, aya::programs::TcAttachType::Egress)
+                .expect("query the TCX egress hook");
+        progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn a_sensor_on_the_resolver_host_reports_the_answers_its_resolver_sends() {
+    let client = Topology::new(false);
+    let resolver = Topology::new(false);
+    gateway(&client, &resolver);
+    let unbound = Unbound::start(
+        &resolver,
+        &[
+            "www.example.test. 300 IN A 192.0.2.80",
+            "www.example.test. 300 IN A 192.0.2.81",
+            "www.example.test. 300 IN AAAA 2001:db8::80",
+            "alias.example.test. 600 IN CNAME www.example.test.",
+        ],
+    );
+    let server = resolver.v4(2).to_string();
+
+    // The sensor runs on the resolver host itself: in the resolver's namespace, on its one
+    // interface, where queries arrive (XDP) and answers leave (TC egress).
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("resh");
+    let metrics = free_port();
+    let config = dir.path().join("sensor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sensor]\nname = \"{name}\"\npin_root = \"/sys/fs/bpf/dns-sensor-test-{name}\"\n\
+             [capture]\ninterfaces = [\"{}\"]\negress = true\nresponse_timeout_secs = 1\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[pdns]\npath = \"{}\"\n",
+            resolver.peer_if,
+            dir.path().join("pdns/pdns.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start_in_netns(&resolver.ns, sensor_bin(), &config, dir.path());
+    assert_eq!(
+        tcx_egress(&resolver.ns, &resolver.peer_if),
+        ["dns_egress"],
+        "a TCX egress link"
+    );
+    // The daemon's metrics listen in the resolver's namespace.
+    let ns = resolver.ns.clone();
+    let metric_in_ns = move |m: &'static str| {
+        let ns = ns.clone();
+        in_ns(&ns, move || metric(metrics, m))
+    };
+
+    // (label, dig arguments): UDP, and TCP, whose answers leave in page fragments (the egress
+    // program pulls them into the linear part to read them).
+    let asks: [(&str, &[&str]); 5] = [
+        ("www A", &["www.example.test", "A"]),
+        ("www AAAA", &["www.example.test", "AAAA"]),
+        ("alias A", &["alias.example.test", "A"]),
+        ("nope A", &["nope.example.test", "A"]),
+        ("www A over TCP", &["+tcp", "www.example.test", "A"]),
+    ];
+    let digs: Vec<(&str, &[&str], String)> = asks
+        .iter()
+        .map(|(label, args)| (*label, *args, dig(&client, &server, args)))
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answers = loop {
+        let answers: Vec<Value> = daemon
+            .lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|d| d["dns"]["type"] == "answer")
+            .collect();
+        if answers.len() >= digs.len() {
+            break answers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} answers so far: {answers:#?}",
+            answers.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let paired = metric_in_ns("dns_sensor_reader_responses_paired_total");
+    let unpaired = metric_in_ns("dns_sensor_reader_responses_unpaired_total");
+    let lines = daemon.stop();
+    drop(unbound);
+
+    assert_eq!(
+        answers.len(),
+        digs.len(),
+        "one answer per query: {answers:#?}"
+    );
+    assert_eq!(
+        (paired, unpaired),
+        (digs.len() as u64, 0),
+        "each answer paired"
+    );
+    let queries = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|d| d["dns"]["type"] == "query")
+        .count();
+    assert_eq!(queries, digs.len(), "every query, arrived through XDP");
+    for (label, args, dig_answer) in &digs {
+        let tcp = args[0] == "+tcp";
+        let (qname, qtype) = (args[args.len() - 2], args[args.len() - 1]);
+        let d = answers
+            .iter()
+            .find(|d| {
+                d["dns"]["question"]["name"] == qname
+                    && d["dns"]["question"]["type"] == qtype
+                    && (d["network"]["transport"] == "tcp") == tcp
+            })
+            .unwrap_or_else(|| panic!("no answer line for {label}: {answers:#?}"));
+        assert_eq!(d["source"]["ip"], client.v4(2).to_string(), "{label}");
+        assert_eq!(d["destination"]["ip"], server.as_str(), "{label}");
+        assert!(d["event"]["duration"].is_u64(), "paired: {d}");
+        let want_rcode = if qname.starts_with("nope") {
+            "NXDOMAIN"
+        } else {
+            "NOERROR"
+        };
+        assert_eq!(d["dns"]["response_code"], want_rcode, "{d}");
+        let n = assert_answers_as_dug(d, dig_answer, label);
+        if !qname.starts_with("nope") {
+            assert!(n > 0, "unbound answered {label}");
+        }
+    }
+    // A clean stop detaches it.
+    assert!(tcx_egress(&resolver.ns, &resolver.peer_if).is_empty());
 }
