@@ -911,6 +911,7 @@ fn every_packet_ends_in_exactly_one_outcome() {
         .map(|&c| t.get(c))
         .sum();
     assert_eq!(t.packets, frames.len() as u64);
+    assert_eq!(t.tcp_pipelined, 0, "no frame here holds a second message");
     assert_eq!(sum, t.packets);
     assert_eq!(t.dns_queries, t.events + t.allowlisted + t.ring_full);
     assert_eq!(t.allowlisted, 128);
@@ -1164,28 +1165,31 @@ fn a_tcp_length_prefix_that_does_not_fit_is_not_a_query() {
     long[..2].copy_from_slice(&((msg.len() + 100) as u16).to_be_bytes());
     let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &long)));
     assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
-    // A prefix shorter than the question.
+    // A prefix shorter than the question: no query, and what follows the 14 bytes it covers
+    // is no whole message either.
     let mut cut = tcp_dns(&msg);
     cut[..2].copy_from_slice(&14u16.to_be_bytes());
     let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &cut)));
     assert!(run.events.is_empty());
-    assert_delta(&run, &[(Packets, 1), (Ipv4, 1), (TcpNoQuestion, 1)]);
-    // Two messages in one segment: the first is reported (pipelining beyond it is not yet).
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Ipv4, 1),
+            (TcpNoQuestion, 1),
+            (TcpPipelineSplit, 1),
+        ],
+    );
+    // Two messages in one segment: both are reported (see the pipelining tests).
     let mut two = tcp_dns(&msg);
     two.extend_from_slice(&tcp_dns(&dns_query(0x1235, "second.example", 1)));
     let run = h.run(&ip_frame(client4(), server4(), TCP, &tcp(45000, 53, &two)));
-    assert_event(
-        &run,
-        expected(
-            client4(),
-            server4(),
-            45000,
-            0x1234,
-            "split.example",
-            1,
-            Transport::Tcp,
-        ),
-    );
+    let got: Vec<(u16, &str)> = run
+        .events
+        .iter()
+        .map(|q| (q.dns_id, q.name.as_str()))
+        .collect();
+    assert_eq!(got, [(0x1234, "split.example"), (0x1235, "second.example")]);
 }
 
 /// An IPv6 atomic fragment (a Fragment header with offset 0 and M = 0, RFC 6946) is a whole
@@ -1783,4 +1787,186 @@ fn the_egress_program_never_blocks_by_resolution() {
     let t = h.run_egress(&to_c2);
     assert_eq!(t.action, TC_ACT_UNSPEC);
     assert_delta(&t, &[(Packets, 1), (Ipv4, 1), (NotDns, 1)]);
+}
+
+/// A TCP segment from `client4():40000` to port 53 carrying `payload`.
+fn tcp_frame(payload: &[u8]) -> Vec<u8> {
+    ip_frame(client4(), server4(), TCP, &tcp(40000, 53, payload))
+}
+
+/// `n` queries for `q0.example` ... pipelined, with ids 1..=n.
+fn pipelined(n: u16) -> Vec<u8> {
+    (1..=n)
+        .flat_map(|i| tcp_dns(&dns_query(i, &format!("q{}.example", i - 1), 1)))
+        .collect()
+}
+
+#[test]
+fn queries_pipelined_in_one_tcp_segment_are_all_reported_up_to_the_bound() {
+    let mut h = Harness::new();
+    // Three: each is an event, in order; the two after the first are `tcp_pipelined`.
+    let run = h.run(&tcp_frame(&pipelined(3)));
+    assert_eq!(run.action, XDP_PASS);
+    let got: Vec<(u16, &str)> = run
+        .events
+        .iter()
+        .map(|q| (q.dns_id, q.name.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, "q0.example"), (2, "q1.example"), (3, "q2.example")]
+    );
+    assert!(
+        run.events
+            .iter()
+            .all(|q| q.transport == Transport::Tcp && q.src == client4() && q.src_port == 40000)
+    );
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Ipv4, 1),
+            (DnsQueries, 3),
+            (Events, 3),
+            (TcpPipelined, 2),
+        ],
+    );
+
+    // Six: the first four (MAX_TCP_MESSAGES) are read, the segment is counted for the rest.
+    let run = h.run(&tcp_frame(&pipelined(6)));
+    let ids: Vec<u16> = run.events.iter().map(|q| q.dns_id).collect();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(sensor_common::MAX_TCP_MESSAGES, 4);
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Ipv4, 1),
+            (DnsQueries, 4),
+            (Events, 4),
+            (TcpPipelined, 3),
+            (TcpPipelineLimit, 1),
+        ],
+    );
+
+    // A message continued in the next segment: the whole ones are read, the segment counted.
+    let two = pipelined(2);
+    for cut in [1, 2, 13, 14, two.len() - pipelined(1).len() - 1] {
+        let mut payload = pipelined(1);
+        payload.extend_from_slice(&two[pipelined(1).len()..][..cut]);
+        // Never the whole second message: a cut that keeps it all is no split.
+        assert!(payload.len() < two.len());
+        let run = h.run(&tcp_frame(&payload));
+        assert_eq!(run.events.len(), 1, "cut {cut}");
+        assert_delta(
+            &run,
+            &[
+                (Packets, 1),
+                (Ipv4, 1),
+                (DnsQueries, 1),
+                (Events, 1),
+                (TcpPipelineSplit, 1),
+            ],
+        );
+    }
+
+    // Each message ends in its own outcome: a malformed one between two queries, and an
+    // allowlisted client's (every message of the segment is the client's).
+    let mut payload = tcp_dns(&dns_query(1, "a.example", 1));
+    let mut notify = dns_query(2, "b.example", 6);
+    notify[2] = 0x20; // opcode NOTIFY
+    payload.extend(tcp_dns(&notify));
+    payload.extend(tcp_dns(&dns_query(3, "c.example", 1)));
+    let run = h.run(&tcp_frame(&payload));
+    let ids: Vec<u16> = run.events.iter().map(|q| q.dns_id).collect();
+    assert_eq!(ids, [1, 3]);
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Ipv4, 1),
+            (DnsQueries, 2),
+            (Events, 2),
+            (DnsOpcode, 1),
+            (TcpPipelined, 2),
+        ],
+    );
+    h.lists(&["192.0.2.10/32"], &[]);
+    let run = h.run(&tcp_frame(&pipelined(2)));
+    assert!(run.events.is_empty());
+    assert_delta(
+        &run,
+        &[
+            (Packets, 1),
+            (Ipv4, 1),
+            (DnsQueries, 2),
+            (Allowlisted, 2),
+            (TcpPipelined, 1),
+        ],
+    );
+    // The outcomes add up to packets + tcp_pipelined, over everything above.
+    let t = h.total;
+    let outcomes: u64 = Counter::ALL
+        .iter()
+        .filter(|c| c.is_outcome())
+        .map(|&c| t.get(c))
+        .sum();
+    assert_eq!(outcomes, t.packets + t.tcp_pipelined);
+}
+
+#[test]
+fn responses_sent_back_to_back_in_one_segment_are_all_reported_on_both_hooks() {
+    let mut h = Harness::with(ProgramSettings {
+        egress: true,
+        ..ProgramSettings::default()
+    });
+    let msgs: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            dns_response(
+                u16::from(i),
+                0x8180,
+                &format!("r{i}.example"),
+                1,
+                1,
+                &rr(&QNAME_PTR, 1, 60, &a(&format!("192.0.2.{}", 100 + i))),
+            )
+        })
+        .collect();
+    let payload: Vec<u8> = msgs.iter().flat_map(|m| tcp_dns(m)).collect();
+    let frame = ip_frame(server4(), client4(), TCP, &tcp(53, 40000, &payload));
+    for egress in [false, true] {
+        let run = if egress {
+            h.run_egress(&frame)
+        } else {
+            h.run(&frame)
+        };
+        let got: Vec<(String, Vec<(IpAddr, u32)>)> = run
+            .responses
+            .iter()
+            .map(|r| (r.question.name.clone(), r.kernel_addrs.clone()))
+            .collect();
+        let want: Vec<(String, Vec<(IpAddr, u32)>)> = (0..3)
+            .map(|i| {
+                (
+                    format!("r{i}.example"),
+                    vec![(IpAddr::V4(v4(&format!("192.0.2.{}", 100 + i))), 60)],
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "egress {egress}");
+        assert_delta(
+            &run,
+            &[
+                (Packets, 1),
+                (Ipv4, 1),
+                (DnsResponses, 3),
+                (ResponseEvents, 3),
+                (TcpPipelined, 2),
+            ],
+        );
+        // Each record's message is its own.
+        for (r, m) in run.responses.iter().zip(&msgs) {
+            assert_eq!(usize::from(r.msg_len), m.len());
+        }
+    }
 }

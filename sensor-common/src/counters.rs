@@ -2,8 +2,9 @@
 //!
 //! One `COUNTERS` per-CPU array slot holds a [`Counters`] struct, so one map lookup serves every
 //! increment of a packet and `bpftool map dump` prints each counter by name (BTF). Every packet
-//! ends in exactly one *outcome* counter, so `packets` equals the sum of the outcomes: nothing
-//! the program sees goes uncounted.
+//! ends in exactly one *outcome* counter, and so does every further DNS message read from a TCP
+//! segment (`tcp_pipelined`), so `packets + tcp_pipelined` equals the sum of the outcomes:
+//! nothing the program sees goes uncounted.
 
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])* $field:ident = $variant:ident, $outcome:literal; )*) => {
@@ -143,6 +144,18 @@ counters! {
     resolved_protected = ResolvedProtected, false;
     /// Answer addresses of listed names not blocked because DEST_BLOCK was full.
     resolved_full = ResolvedFull, false;
+    /// DNS messages after the first in a TCP segment (pipelined queries, or responses sent
+    /// back to back), read like a first one: each also ends in its own outcome counter (an
+    /// event, a response record, a malformed reason...), so the outcomes add up to `packets`
+    /// plus this.
+    tcp_pipelined = TcpPipelined, false;
+    /// TCP segments whose bytes after a message do not hold the next one whole (its length
+    /// prefix and header, and as many bytes as the prefix says): a message continued in the
+    /// next segment, which is not parsed.
+    tcp_pipeline_split = TcpPipelineSplit, false;
+    /// TCP segments holding more messages than the program reads (MAX_TCP_MESSAGES, 4), or
+    /// reaching past the parser's offset bound (16 KiB): the rest are not parsed.
+    tcp_pipeline_limit = TcpPipelineLimit, false;
 }
 
 /// Number of counters.

@@ -28,6 +28,9 @@ pub const MAX_LABEL_LEN: u8 = 63;
 pub const MAX_LABELS: usize = 128;
 /// Most IPv6 extension headers the XDP program walks before giving up (counted, passed).
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Most DNS messages the program reads from one TCP segment (messages pipelined one after the
+/// other, each with its length prefix); further ones are counted (`tcp_pipeline_limit`).
+pub const MAX_TCP_MESSAGES: usize = 4;
 /// Most DNS ports the program watches (set at load time).
 pub const MAX_DNS_PORTS: usize = 8;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size): about 26k events.
@@ -58,10 +61,18 @@ pub mod map_names {
     pub const NAME_HASH: &str = "NAME_HASH";
     pub const DEST_BLOCK: &str = "DEST_BLOCK";
     pub const DEST_PROTECT: &str = "DEST_PROTECT";
+    /// Program arrays holding the continuation programs that read the second and later
+    /// messages of a TCP segment (tail calls; one per program type: XDP, TC egress).
+    pub const NEXT_XDP: &str = "NEXT_XDP";
+    pub const NEXT_TC: &str = "NEXT_TC";
 }
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "dns_sensor";
+/// The continuation programs (`NEXT_XDP`, `NEXT_TC`): the DNS stage on the next message of a
+/// TCP segment, tail-called by the program of the same type.
+pub const NEXT_PROGRAM_NAME: &str = "dns_sensor_next";
+pub const EGRESS_NEXT_PROGRAM_NAME: &str = "dns_egress_next";
 /// Name of the TC egress program in the same object (`capture.egress`): the same parser and
 /// maps on what leaves an interface; it never drops.
 pub const EGRESS_PROGRAM_NAME: &str = "dns_egress";

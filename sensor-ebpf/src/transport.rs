@@ -30,8 +30,9 @@ pub struct L4 {
     pub proto: u8,
 }
 
+/// The port (host order) is a watched DNS port.
 #[inline(always)]
-fn watched(port: u16) -> bool {
+pub fn watched(port: u16) -> bool {
     let mut i = 0;
     while i < MAX_DNS_PORTS {
         // SAFETY: a plain read of a static; volatile so the compiler does not fold the default
@@ -99,7 +100,8 @@ pub fn parse(pkt: &Packet, l3: &L3) -> Result<L4, Outcome> {
     // The length prefix must fit in what the segment carries: a prefix sent in a segment of
     // its own leaves the next segment starting with the DNS ID, which read as a length almost
     // never fits what follows (and a question that still does not fit in it is refused by the
-    // DNS stage). Several messages may follow one another; this reports the first.
+    // DNS stage). Several messages may follow one another: this frames the first, and the
+    // continuation program the rest (`program::next_message`).
     let len = u16::from_be(pkt.load::<u16>(payload).ok_or(Counter::TcpNoQuestion)?) as usize;
     let dns_end = payload + 2 + len;
     if dns_end > l3.end {

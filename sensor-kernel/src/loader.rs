@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkOrder, PinnedLink},
@@ -17,8 +17,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use sensor_common::{
-    AllowValue, BlockValue, Counters, EGRESS_PROGRAM_NAME, MAX_DNS_PORTS, MODE_INLINE, MODE_MIRROR,
-    PROGRAM_NAME, map_names,
+    AllowValue, BlockValue, Counters, EGRESS_NEXT_PROGRAM_NAME, EGRESS_PROGRAM_NAME, MAX_DNS_PORTS,
+    MODE_INLINE, MODE_MIRROR, NEXT_PROGRAM_NAME, PROGRAM_NAME, map_names,
 };
 
 use sensor_model::error::error_chain;
@@ -34,7 +34,7 @@ pub static EBPF_OBJECT: &[u8] =
 /// Every map the sensor's program declares, in the order they are pinned. Not here, and never
 /// pinned: the object's global-data sections and aya-log's ring buffer ([`crate::klog::LOG_MAP`]),
 /// which only this process's [`crate::klog::KernelLog`] reads.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     map_names::EVENTS,
     map_names::COUNTERS,
     map_names::BLOCKLIST,
@@ -47,6 +47,10 @@ pub const ALL_MAPS: [&str; 12] = [
     map_names::NAME_HASH,
     map_names::DEST_BLOCK,
     map_names::DEST_PROTECT,
+    // Pinned so that their slots outlive the process with a pinned attachment (keep-blocking):
+    // the kernel empties a program array when its last file descriptor and pin are gone.
+    map_names::NEXT_XDP,
+    map_names::NEXT_TC,
 ];
 
 /// The maps kept across restarts when `blocklist.keep_on_exit` is set: the blocklist, and
@@ -184,14 +188,43 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(classify_load_error)?;
     let prog: &mut Xdp = program(&mut ebpf);
     prog.load().map_err(classify_load_error)?;
+    load_next(&mut ebpf, NEXT_PROGRAM_NAME, map_names::NEXT_XDP)?;
     if settings.egress {
         // Verified only when asked for: the verifier's time is not spent on a program that
         // is never attached.
         egress_program(&mut ebpf)
             .load()
             .map_err(classify_load_error)?;
+        load_next(&mut ebpf, EGRESS_NEXT_PROGRAM_NAME, map_names::NEXT_TC)?;
     }
     Ok(ebpf)
+}
+
+/// Loads the continuation program `name` (the DNS stage on the second and later messages of a
+/// TCP segment) and puts it in slot 0 of the program array `map`, where the program of its
+/// type tail-calls it. The array stays in the `Ebpf` (and pinned with `pin_dir`): were its
+/// last reference closed, the kernel would empty it.
+fn load_next(ebpf: &mut Ebpf, name: &str, map: &'static str) -> Result<(), LoadError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoadError::Load(format!("the object has no program {name}")))?;
+    let fd = match prog {
+        aya::programs::Program::Xdp(p) => {
+            p.load().map_err(classify_load_error)?;
+            p.fd()
+        }
+        aya::programs::Program::SchedClassifier(p) => {
+            p.load().map_err(classify_load_error)?;
+            p.fd()
+        }
+        _ => return Err(LoadError::Load(format!("{name} is neither XDP nor TC"))),
+    }
+    .map_err(|e| LoadError::Load(format!("{name}: {e}")))?
+    .try_clone()
+    .map_err(|e| LoadError::Load(format!("{name}: {e}")))?;
+    let mut array = ProgramArray::try_from(ebpf.map_mut(map).ok_or(LoadError::MissingMap(map))?)
+        .map_err(map_err(map))?;
+    array.set(0, &fd, 0).map_err(map_err(map))
 }
 
 /// CLOCK_TAI minus CLOCK_REALTIME in whole seconds: what the XDP program subtracts from

@@ -54,8 +54,9 @@ pub fn render(c: &Counters) -> String {
         .map(|&k| c.get(k))
         .sum();
     out.push_str(&format!(
-        "# every packet ends in one outcome: packets {} = outcomes {}\n",
-        c.packets, outcomes
+        "# every packet, and every further message of a TCP segment, ends in one outcome: \
+         packets {} + tcp_pipelined {} = outcomes {}\n",
+        c.packets, c.tcp_pipelined, outcomes
     ));
     out
 }
