@@ -4,8 +4,9 @@
 //! program never returns XDP_ABORTED, its action is the predicted one, it writes an event
 //! exactly when one is predicted and with the predicted fields (read through `sensor_kernel::decode`),
 //! and the counters account for every packet (each adds one to `packets` and one to exactly
-//! the predicted outcome counter, so `packets` = `events` + `allowlisted` + `blocked` + ... as
-//! sensor-common defines it), as do the BLOCKLIST and CLIENT_ALLOW entries' hit counters.
+//! the predicted outcome counter, and each further message of a TCP segment one more, so
+//! `packets` + `tcp_pipelined` = `events` + `allowlisted` + `blocked` + ... as sensor-common
+//! defines it), as do the BLOCKLIST and CLIENT_ALLOW entries' hit counters.
 //!
 //! `KERNEL_FUZZ_SEED` (decimal or 0x-hex), `KERNEL_FUZZ_PACKETS` and `KERNEL_FUZZ_START` (first
 //! frame index) reproduce or resize a run; a mismatch prints the line that replays its frame.
@@ -289,42 +290,41 @@ fn differs(p: &Prediction, o: &Observed) -> Option<String> {
     if o.action != p.action {
         return Some(format!("action {} (predicted {})", o.action, p.action));
     }
-    match (&p.event, o.events.as_slice()) {
-        (None, []) => {}
-        (Some(want), [got]) => {
-            let kind = if p.response.is_some() {
-                RECORD_RESPONSE
-            } else {
-                RECORD_QUERY
-            };
-            if got.kind != kind {
-                return Some(format!("record kind {}, predicted {kind}", got.kind));
-            }
-            if let Some(why) = event_differs(want, got) {
-                return Some(why);
-            }
-            match (&p.response, o.responses.as_slice()) {
-                (None, []) => {}
-                (Some(want), [(info, msg)]) => {
-                    if let Some(why) = response_differs(want, got, info, msg) {
-                        return Some(why);
-                    }
-                }
-                (want, got) => {
-                    return Some(format!(
-                        "{} response record(s), predicted {}",
-                        got.len(),
-                        usize::from(want.is_some())
-                    ));
-                }
-            }
+    // Every record, in order: the first message's, then those pipelined after it in a TCP
+    // segment; the response records' info and message in the same order.
+    let want = p.records();
+    if want.len() != o.events.len() {
+        return Some(format!(
+            "{} event(s), predicted {}",
+            o.events.len(),
+            want.len()
+        ));
+    }
+    let want_responses = want.iter().filter(|(_, r)| r.is_some()).count();
+    if want_responses != o.responses.len() {
+        return Some(format!(
+            "{} response record(s), predicted {want_responses}",
+            o.responses.len()
+        ));
+    }
+    let mut responses = o.responses.iter();
+    for (i, ((want, response), got)) in want.iter().zip(&o.events).enumerate() {
+        let kind = if response.is_some() {
+            RECORD_RESPONSE
+        } else {
+            RECORD_QUERY
+        };
+        if got.kind != kind {
+            return Some(format!("record {i}: kind {}, predicted {kind}", got.kind));
         }
-        (want, got) => {
-            return Some(format!(
-                "{} event(s), predicted {}",
-                got.len(),
-                usize::from(want.is_some())
-            ));
+        if let Some(why) = event_differs(want, got) {
+            return Some(format!("record {i}: {why}"));
+        }
+        if let Some(want) = response {
+            let (info, msg) = responses.next().expect("counted above");
+            if let Some(why) = response_differs(want, got, info, msg) {
+                return Some(format!("record {i}: {why}"));
+            }
         }
     }
     if let Some(delta) = &o.delta {
@@ -468,6 +468,11 @@ struct Stats {
     walks: BTreeMap<u8, u64>,
     /// Response records with at least one address.
     responses_with_addrs: u64,
+    /// Messages after the first of a TCP segment, those with a record, and segments whose
+    /// reading ended early, by counter.
+    pipelined: u64,
+    pipelined_events: u64,
+    pipeline_ends: BTreeMap<&'static str, u64>,
     replays: u64,
 }
 
@@ -528,22 +533,28 @@ impl Fuzz {
     }
 
     fn credit_hits(&mut self, p: &Prediction) {
-        for (list, entry) in [
-            ("BLOCKLIST", p.block_entry),
-            ("CLIENT_ALLOW", p.allow_entry),
-        ] {
-            if let Some(net) = entry {
-                *self
-                    .hits
-                    .entry((list, net_of_key(&lpm_key(&net))))
-                    .or_default() += 1;
-            }
+        let entries = p
+            .block_entry
+            .map(|n| ("BLOCKLIST", n))
+            .into_iter()
+            .chain(p.allow_entries().into_iter().map(|n| ("CLIENT_ALLOW", n)));
+        for (list, net) in entries {
+            *self
+                .hits
+                .entry((list, net_of_key(&lpm_key(&net))))
+                .or_default() += 1;
         }
     }
 
     fn record(&mut self, kind: Kind, p: &Prediction) {
         *self.stats.kinds.entry(kind).or_default() += 1;
         *self.stats.outcomes.entry(p.outcome.name()).or_default() += 1;
+        self.stats.pipelined += p.pipelined.len() as u64;
+        self.stats.pipelined_events +=
+            p.pipelined.iter().filter(|m| m.event.is_some()).count() as u64;
+        if let Some(c) = p.pipeline_end {
+            *self.stats.pipeline_ends.entry(c.name()).or_default() += 1;
+        }
         if let Some(e) = &p.event {
             self.stats.events_beyond_length_fields += u64::from(!p.question_within_lengths);
             self.stats.events_tcp += u64::from(e.transport == 6);
@@ -701,13 +712,16 @@ impl Fuzz {
                     .filter(|(k, v)| before.get(k) != Some(v))
                     .map(|(k, _)| *k)
                     .collect();
-                let want: Vec<_> = [
-                    ("BLOCKLIST", p.block_entry),
-                    ("CLIENT_ALLOW", p.allow_entry),
-                ]
-                .into_iter()
-                .filter_map(|(l, n)| n.map(|n| (l, net_of_key(&lpm_key(&n)))))
-                .collect();
+                // Each entry once (pipelined messages may hit the same one again).
+                let want: Vec<_> = p
+                    .block_entry
+                    .map(|n| ("BLOCKLIST", n))
+                    .into_iter()
+                    .chain(p.allow_entries().into_iter().map(|n| ("CLIENT_ALLOW", n)))
+                    .map(|(l, n)| (l, net_of_key(&lpm_key(&n))))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 if changed != want {
                     self.fail(
                         *index,
@@ -844,6 +858,10 @@ fn kernel_parser_agrees_with_the_reference() {
         "  response walks (complete, limit, truncated, bad name): {:?}; {} with addresses",
         s.walks, s.responses_with_addrs
     );
+    println!(
+        "  pipelined TCP messages: {} ({} with a record); segments ended early: {:?}",
+        s.pipelined, s.pipelined_events, s.pipeline_ends
+    );
     println!("  batches replayed: {}", s.replays);
 
     // The generator must reach every outcome the program has (ring_full needs a reader that
@@ -864,6 +882,15 @@ fn kernel_parser_agrees_with_the_reference() {
         assert!(s.events_tcp > 0 && s.events_ipv6 > 0 && s.events_vlan > 0);
         assert_eq!(s.walks.len(), 4, "every walk status: {:?}", s.walks);
         assert!(s.responses_with_addrs > 0);
+        // Pipelined TCP messages, reported, and both ways a segment's reading ends early.
+        assert!(s.pipelined_events > 0, "no pipelined message reported");
+        for c in [Counter::TcpPipelineSplit, Counter::TcpPipelineLimit] {
+            assert!(
+                s.pipeline_ends.get(c.name()).copied().unwrap_or(0) > 0,
+                "no segment ended in {}",
+                c.name()
+            );
+        }
     }
 }
 

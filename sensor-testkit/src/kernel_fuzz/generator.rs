@@ -405,6 +405,25 @@ impl Generator {
             .extend(msg_fields.into_iter().map(|(off, w)| (dns + off, w)));
         l.labels.extend(msg_labels.into_iter().map(|off| dns + off));
         f.extend_from_slice(&msg);
+        // Pipelined TCP: more messages after the first, each with its prefix, sometimes more
+        // than the program reads, sometimes the last one cut (continued in the next segment).
+        if tcp && rng.chance(0.3) {
+            for _ in 0..rng.range_incl(1, 5u32) {
+                let (more, fields, labels) = self.dns_message(rng, response);
+                l.fields.push((f.len(), 2));
+                f.extend_from_slice(&(more.len() as u16).to_be_bytes());
+                let at = f.len();
+                l.boundaries.push(at);
+                l.fields
+                    .extend(fields.into_iter().map(|(off, w)| (at + off, w)));
+                l.labels.extend(labels.into_iter().map(|off| at + off));
+                f.extend_from_slice(&more);
+            }
+            if rng.chance(0.2) {
+                let cut = rng.range_incl(1, 20usize);
+                f.truncate(f.len().saturating_sub(cut).max(dns + msg.len()));
+            }
+        }
 
         // Length fields, now that the sizes are known.
         if v6 {

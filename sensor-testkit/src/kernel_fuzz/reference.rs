@@ -29,6 +29,15 @@
 //!   §4.1.3 within the message: at most `MAX_ANSWER_RRS` records, owner names skipped (a
 //!   pointer ends a name and must point before itself), the first `MAX_ADDRS` A/AAAA records of
 //!   class IN with the right RDATA length kept with their TTLs.
+//! - Pipelined TCP messages (issue 13): after a TCP message whose length prefix fit, the bytes
+//!   left in the segment (up to the IP datagram's end, or the frame's when it is shorter) are
+//!   read as further messages, each with its prefix, up to `MAX_TCP_MESSAGES` in all; each
+//!   must hold its prefix and the DNS header in the frame and fit in the datagram as the first
+//!   one must, else the segment counts `tcp_pipeline_split` and the rest is not read; bytes left
+//!   after the last message read count `tcp_pipeline_limit` (as would a message past the
+//!   parser's 16 KiB offset bound). A message read is `tcp_pipelined` and is judged like a
+//!   first one from the DNS gate on, with the same header (addresses, ports), into its own
+//!   outcome: the order is the first message's, then these.
 //! - An IPv6 atomic fragment (offset 0, M = 0; RFC 6946) is a whole packet: the walk goes on
 //!   past it (it counts towards `MAX_IPV6_EXT_HEADERS`).
 //! - The source is known, and the blocklist applies, once the network header is complete: the
@@ -46,7 +55,7 @@
 
 use ipnet::IpNet;
 use sensor_common::{
-    Counter, MAX_IPV6_EXT_HEADERS, MAX_LABEL_LEN, MAX_LABELS, MAX_NAME_LEN,
+    Counter, MAX_IPV6_EXT_HEADERS, MAX_LABEL_LEN, MAX_LABELS, MAX_NAME_LEN, MAX_TCP_MESSAGES,
     counters::COUNTER_COUNT,
     response::{
         MAX_ADDRS, MAX_ANSWER_RRS, MAX_MSG_ROOM, WALK_BAD_NAME, WALK_COMPLETE, WALK_LIMIT,
@@ -73,6 +82,8 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 const DNS_HEADER_LEN: usize = 12;
+/// The program's offset bound (program.rs `MAX_OFFSET`): no DNS header starts past it.
+const MAX_OFFSET: usize = 0x3fff;
 
 /// A known place where the kernel program departs from the specification. Each is reported
 /// with a packet that shows it (tests/kernel_fuzz.rs) and, until fixed, the fuzz run accepts
@@ -356,6 +367,13 @@ pub struct Prediction {
     /// For an event: the question lies inside every length field that bounds it (IPv4 total
     /// length, IPv6 payload length, UDP length, TCP length prefix). Statistics only.
     pub question_within_lengths: bool,
+    /// The second and later messages of a TCP segment, in order: each a prediction of its own
+    /// whose message fields (outcome, DNS counters, walk counter, record, allow entry) apply;
+    /// each also counts `tcp_pipelined`.
+    pub pipelined: Vec<Prediction>,
+    /// How the reading of the segment's messages ended early, if it did:
+    /// `tcp_pipeline_split` or `tcp_pipeline_limit`.
+    pub pipeline_end: Option<Counter>,
 }
 
 impl Prediction {
@@ -375,6 +393,39 @@ impl Prediction {
             allow_entry: None,
             sensitive: Semantics::SPEC,
             question_within_lengths: true,
+            pipelined: Vec::new(),
+            pipeline_end: None,
+        }
+    }
+
+    /// This message's records and those of the messages pipelined after it, in order: each a
+    /// header, with the rest of a response's.
+    pub fn records(&self) -> Vec<(&ExpectedEvent, Option<&ExpectedResponse>)> {
+        std::iter::once(self)
+            .chain(&self.pipelined)
+            .filter_map(|m| m.event.as_ref().map(|e| (e, m.response.as_ref())))
+            .collect()
+    }
+
+    /// The CLIENT_ALLOW entries whose hit counters the packet increments, once per message.
+    pub fn allow_entries(&self) -> Vec<IpNet> {
+        std::iter::once(self)
+            .chain(&self.pipelined)
+            .filter_map(|m| m.allow_entry)
+            .collect()
+    }
+
+    /// Adds a message's own counters (its outcome, DNS counters and walk counter) to `d`.
+    fn add_message(&self, d: &mut [u64; COUNTER_COUNT]) {
+        d[self.outcome as usize] += 1;
+        for (on, c) in [
+            (self.dns_query, Counter::DnsQueries),
+            (self.dns_response, Counter::DnsResponses),
+        ] {
+            d[c as usize] += u64::from(on);
+        }
+        if let Some(c) = self.walk_counter {
+            d[c as usize] += 1;
         }
     }
 
@@ -382,17 +433,19 @@ impl Prediction {
     pub fn counter_delta(&self) -> [u64; COUNTER_COUNT] {
         let mut d = [0u64; COUNTER_COUNT];
         d[Counter::Packets as usize] = 1;
-        d[self.outcome as usize] += 1;
         for (on, c) in [
             (self.ipv4, Counter::Ipv4),
             (self.ipv6, Counter::Ipv6),
             (self.vlan, Counter::Vlan),
-            (self.dns_query, Counter::DnsQueries),
-            (self.dns_response, Counter::DnsResponses),
         ] {
             d[c as usize] += u64::from(on);
         }
-        if let Some(c) = self.walk_counter {
+        self.add_message(&mut d);
+        for m in &self.pipelined {
+            m.add_message(&mut d);
+            d[Counter::TcpPipelined as usize] += 1;
+        }
+        if let Some(c) = self.pipeline_end {
             d[c as usize] += 1;
         }
         d
@@ -521,13 +574,97 @@ fn classify(
     }
 
     // Transport.
-    let l4 = transport(frame, &walked, scope, length_end)?;
-    let length_end = length_end.min(l4.length_end);
+    let ip_end = length_end;
+    let l4 = transport(frame, &walked, scope, ip_end)?;
+    let head = Head {
+        vids,
+        family,
+        src,
+        dst,
+        l4: &l4,
+    };
+    let first = message(
+        frame,
+        scope,
+        sem,
+        p,
+        &head,
+        l4.dns_off,
+        ip_end.min(l4.length_end),
+    );
+    // TCP: the bytes after the message (its prefix fit) are the next ones.
+    if l4.proto == IPPROTO_TCP && l4.length_end < ip_end.min(frame.len()) {
+        pipeline(frame, scope, sem, p, &head, l4.length_end, ip_end);
+    }
+    first
+}
 
+/// What every message of a packet shares: its record header but for the question.
+struct Head<'a> {
+    vids: [u16; 2],
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    l4: &'a L4,
+}
+
+/// The messages after the first of a TCP segment, from `off` on (the datagram ends at
+/// `ip_end`), into `p.pipelined` and `p.pipeline_end`.
+fn pipeline(
+    frame: &[u8],
+    scope: &Scope,
+    sem: Semantics,
+    p: &mut Prediction,
+    head: &Head<'_>,
+    mut off: usize,
+    ip_end: usize,
+) {
+    let seg_end = ip_end.min(frame.len());
+    for index in 1.. {
+        if index == MAX_TCP_MESSAGES || off + 2 > MAX_OFFSET {
+            p.pipeline_end = Some(Counter::TcpPipelineLimit);
+            return;
+        }
+        // The prefix and the DNS header in the frame, and the prefix fitting the datagram.
+        if off + 2 + DNS_HEADER_LEN > frame.len() {
+            p.pipeline_end = Some(Counter::TcpPipelineSplit);
+            return;
+        }
+        let end = off + 2 + usize::from(u16::from_be_bytes([frame[off], frame[off + 1]]));
+        if end > ip_end {
+            p.pipeline_end = Some(Counter::TcpPipelineSplit);
+            return;
+        }
+        let mut m = Prediction::new();
+        m.outcome = match message(frame, scope, sem, &mut m, head, off + 2, end) {
+            Ok(c) | Err(c) => c,
+        };
+        p.sensitive = p.sensitive.union(m.sensitive);
+        p.pipelined.push(m);
+        if end >= seg_end {
+            return;
+        }
+        off = end;
+    }
+}
+
+/// One DNS message at `dns_off`, whose length fields end it at `length_end`: the gate, the
+/// lengths, the allowlist and the record.
+fn message(
+    frame: &[u8],
+    scope: &Scope,
+    sem: Semantics,
+    p: &mut Prediction,
+    head: &Head<'_>,
+    dns_off: usize,
+    length_end: usize,
+) -> Result<Counter, Counter> {
+    let l4 = head.l4;
+    let (family, src, dst) = (head.family, head.src, head.dst);
     // DNS gate, then the lengths.
     let tcp = l4.proto == IPPROTO_TCP;
-    let question = dns_gate(&frame[l4.dns_off..], tcp, l4.to_port, l4.from_port)?;
-    let question_end = l4.dns_off + DNS_HEADER_LEN + question.qname.len() + 4;
+    let question = dns_gate(&frame[dns_off..], tcp, l4.to_port, l4.from_port)?;
+    let question_end = dns_off + DNS_HEADER_LEN + question.qname.len() + 4;
     p.question_within_lengths = question_end <= length_end;
     if !p.question_within_lengths {
         return Err(if tcp {
@@ -537,8 +674,8 @@ fn classify(
         });
     }
     let header = ExpectedEvent {
-        vlan_outer: vids[0],
-        vlan_inner: vids[1],
+        vlan_outer: head.vids[0],
+        vlan_inner: head.vids[1],
         family,
         src_addr: src,
         dst_addr: dst,
@@ -558,7 +695,7 @@ fn classify(
             return Ok(Counter::Allowlisted);
         }
         let end = length_end.min(frame.len());
-        let r = response(frame, l4.dns_off, end, question_end);
+        let r = response(frame, dns_off, end, question_end);
         p.walk_counter = match r.walk {
             WALK_COMPLETE => None,
             WALK_LIMIT => Some(Counter::ResponseRrLimit),
@@ -866,8 +1003,8 @@ fn dns_gate(msg: &[u8], tcp: bool, to_port: bool, from_port: bool) -> Result<Que
 mod tests {
     use super::*;
     use crate::packet::{
-        DnsHeader, ETH_IPV6, Ext, UDP, dns_message, dns_query, ether, ip_frame, ipv6, question,
-        udp, udp_query_frame, wire_name,
+        DnsHeader, ETH_IPV6, Ext, TCP, UDP, dns_message, dns_query, ether, ip_frame, ipv6,
+        question, tcp, tcp_dns, udp, udp_query_frame, wire_name,
     };
     use std::net::IpAddr;
 
@@ -945,6 +1082,51 @@ mod tests {
         for (f, want) in cases {
             assert_eq!(predict(&f, &s, Semantics::SPEC).outcome, want);
         }
+    }
+
+    #[test]
+    fn pipelined_tcp_messages_are_read_up_to_the_bound() {
+        let s = scope();
+        let frame = |n: u16, tail: &[u8]| {
+            let mut payload: Vec<u8> = (0..n)
+                .flat_map(|i| tcp_dns(&dns_query(i, "p.example", 1)))
+                .collect();
+            payload.extend_from_slice(tail);
+            ip_frame(
+                ip("192.0.2.1"),
+                ip("192.0.2.53"),
+                TCP,
+                &tcp(4000, 53, &payload),
+            )
+        };
+        let p = predict(&frame(3, &[]), &s, Semantics::SPEC);
+        let ids: Vec<u16> = p.records().iter().map(|(e, _)| e.dns_id).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        assert_eq!(p.pipeline_end, None);
+        let d = p.counter_delta();
+        assert_eq!(
+            (
+                d[Counter::Events as usize],
+                d[Counter::TcpPipelined as usize]
+            ),
+            (3, 2)
+        );
+        let p = predict(&frame(6, &[]), &s, Semantics::SPEC);
+        assert_eq!(p.records().len(), MAX_TCP_MESSAGES);
+        assert_eq!(p.pipeline_end, Some(Counter::TcpPipelineLimit));
+        // A prefix with only part of its message.
+        let p = predict(&frame(1, &[0, 40, 0, 1, 1, 0]), &s, Semantics::SPEC);
+        assert_eq!(p.records().len(), 1);
+        assert_eq!(p.pipeline_end, Some(Counter::TcpPipelineSplit));
+        // UDP has no such thing: bytes after the message are no message.
+        let mut dg = udp(4000, 53, &dns_query(1, "p.example", 1));
+        dg.extend_from_slice(&tcp_dns(&dns_query(2, "p.example", 1)));
+        let p = predict(
+            &ip_frame(ip("192.0.2.1"), ip("192.0.2.53"), UDP, &dg),
+            &s,
+            Semantics::SPEC,
+        );
+        assert!(p.pipelined.is_empty() && p.pipeline_end.is_none());
     }
 
     #[test]
