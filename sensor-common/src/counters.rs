@@ -154,7 +154,9 @@ counters! {
     /// next segment, which is not parsed.
     tcp_pipeline_split = TcpPipelineSplit, false;
     /// TCP segments holding more messages than the program reads (MAX_TCP_MESSAGES, 4), or
-    /// reaching past the parser's offset bound (16 KiB): the rest are not parsed.
+    /// reaching past the parser's offset bound (16 KiB): the rest are not parsed. (Also a
+    /// segment met while the continuation program is missing: only a crashed keep-blocking
+    /// run's program, for the moment its successor takes over.)
     tcp_pipeline_limit = TcpPipelineLimit, false;
 }
 

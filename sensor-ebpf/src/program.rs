@@ -190,8 +190,10 @@ static NEXT_TC: ProgramArray<1> = ProgramArray::new();
 /// Tail calls, so that the DNS stage is verified once per program rather than once per message
 /// (the XDP program alone takes half of the verifier's 1M-instruction budget): each
 /// continuation parses one message and tail-calls the next. Returns only when the tail call
-/// did not happen: past the bound, or with no continuation in `next` (the loader always sets
-/// one; a program whose daemon died with it unpinned has none), both counted.
+/// did not happen: past the bound, or with no continuation in `next`, both counted as
+/// `tcp_pipeline_limit`. The loader always fills `next` and pins it; only the program of a
+/// keep-blocking run that crashed finds it empty, between the next start's removal of the
+/// stale pins and its take-over of the attachment.
 #[inline(always)]
 fn pipeline<C: Ctx>(ctx: &C, counters: *mut u64, next: &ProgramArray<1>, index: usize) {
     if index < MAX_TCP_MESSAGES {
