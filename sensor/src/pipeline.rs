@@ -57,7 +57,7 @@ use sensor_outputs::{
     httpd::{Gate, ServerThread},
     metrics::{Health, Sources},
     output::JsonLines,
-    sink::{Fanout, Sink, elastic::ElasticSink},
+    sink::{Fanout, Sink, elastic::ElasticSink, pdns::Hunter},
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -272,15 +272,6 @@ impl Pipeline {
         let intel = sensor_intel::setup::build(&config.trust, &config.intel)?;
         let mut reloaders = intel.reloaders.clone();
         let live: daemon::Live = Arc::new(arc_swap::ArcSwap::from_pointee(config.job_context()));
-        if let Some(file) = config_file {
-            reloaders.push(Arc::new(KernelLists::new(
-                file,
-                config.clone(),
-                maps.client_allow,
-                maps.blocklist,
-                live.clone(),
-            )));
-        }
         let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
             config.alerts.load_inventory()?,
         ));
@@ -348,6 +339,59 @@ impl Pipeline {
         }
         let nightly = config.blocklist.schedule.enabled;
 
+        let stage_counters = Arc::new(StageCounters::default());
+        let mut sources = Sources::default();
+        let queue_size = config.output.queue_size;
+        let to_enrich = Queue::new("reader_to_enrich", queue_size, &mut sources);
+        let to_sinks = Queue::new("enrich_to_sinks", queue_size, &mut sources);
+        let (mut sinks, hunter) = build_sinks(
+            config,
+            &interfaces,
+            &inventory,
+            &stage_counters,
+            &mut sources,
+        )?;
+        let alert_hits = alerter.as_ref().map(|a| {
+            Arc::new(AlertHits {
+                submitter: a.submitter(),
+                sensor: config.sensor.name.clone(),
+            }) as Arc<dyn HitSink>
+        });
+        // Blocking by resolution's names from the intel, and retro-hunt: one worker, fed by a
+        // sink (answers) and a tee on the hits (malicious names).
+        let resolved = crate::kernel_lists::start_resolved_intel(
+            config,
+            &pin_dir,
+            &intel,
+            hunter,
+            alert_hits.clone(),
+        )?;
+        let hits = match &resolved {
+            Some(r) => {
+                sinks.insert(
+                    0,
+                    Arc::new(sensor_blocklist::resolved::sink::ResolvedSink {
+                        intel: r.clone(),
+                        clock: sensor_model::clock::WallClock::new(),
+                    }),
+                );
+                Some(Arc::new(sensor_blocklist::resolved::sink::VerdictTee {
+                    alerts: alert_hits,
+                    intel: r.clone(),
+                }) as Arc<dyn HitSink>)
+            }
+            None => alert_hits,
+        };
+        if let Some(file) = config_file {
+            reloaders.push(Arc::new(KernelLists::new(
+                file,
+                config.clone(),
+                maps.client_allow,
+                maps.blocklist,
+                live.clone(),
+                resolved,
+            )));
+        }
         let enrich_counters = Arc::new(EnrichCounters::default());
         let enricher = Enricher {
             settings: config.intel.enrich_settings(),
@@ -355,27 +399,9 @@ impl Pipeline {
             verdicts: intel.verdicts.clone(),
             ip_feeds: intel.ip_feeds.clone(),
             egress: intel.egress.clone(),
-            hits: alerter.as_ref().map(|a| {
-                Arc::new(AlertHits {
-                    submitter: a.submitter(),
-                    sensor: config.sensor.name.clone(),
-                }) as Arc<dyn HitSink>
-            }),
+            hits,
             counters: enrich_counters.clone(),
         };
-
-        let stage_counters = Arc::new(StageCounters::default());
-        let mut sources = Sources::default();
-        let queue_size = config.output.queue_size;
-        let to_enrich = Queue::new("reader_to_enrich", queue_size, &mut sources);
-        let to_sinks = Queue::new("enrich_to_sinks", queue_size, &mut sources);
-        let sinks = build_sinks(
-            config,
-            &interfaces,
-            &inventory,
-            &stage_counters,
-            &mut sources,
-        )?;
         let fanout = Fanout::new(sinks);
 
         telemetry::kernel(&mut sources, pin_dir.clone());
@@ -701,6 +727,9 @@ fn health_checks(
     h
 }
 
+/// The sinks in fan-out order, and the passive DNS store's retro-hunt handle when it runs.
+type Sinks = (Vec<Arc<dyn Sink>>, Option<Hunter>);
+
 /// The sinks in fan-out order: Kafka, Elasticsearch, then the JSON-lines output.
 fn build_sinks(
     config: &Config,
@@ -708,9 +737,10 @@ fn build_sinks(
     inventory: &Arc<arc_swap::ArcSwap<Inventory>>,
     stage_counters: &Arc<StageCounters>,
     sources: &mut Sources,
-) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+) -> anyhow::Result<Sinks> {
     let observer = &config.sensor.name;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut hunter = None;
     if let Some(k) = &config.kafka {
         #[cfg(feature = "kafka")]
         sinks.push(Arc::new(sensor_outputs::sink::kafka::KafkaSink::start(
@@ -735,9 +765,9 @@ fn build_sinks(
     }
     // Answers into the passive DNS store (opened at the first one).
     if config.pdns.enabled && config.capture.responses {
-        sinks.push(Arc::new(sensor_outputs::sink::pdns::PdnsSink::start(
-            &config.pdns,
-        )?));
+        let sink = sensor_outputs::sink::pdns::PdnsSink::start(&config.pdns)?;
+        hunter = sink.hunter();
+        sinks.push(Arc::new(sink));
     }
     if sensor_outputs::output::stdout_is_unwanted_journal(&config.output) {
         tracing::warn!(
@@ -745,7 +775,7 @@ fn build_sinks(
              written (every query would go to the journal); set output.kind = \"file\", or \
              output.journal = true to write them there anyway"
         );
-        return Ok(sinks);
+        return Ok((sinks, hunter));
     }
     let output = JsonLines::start(
         &config.output,
@@ -756,7 +786,7 @@ fn build_sinks(
     .context("opening the output")?;
     telemetry::queue(sources, "sinks_to_output", output.queue());
     sinks.push(Arc::new(output));
-    Ok(sinks)
+    Ok((sinks, hunter))
 }
 
 /// The running stages.

@@ -100,6 +100,34 @@ pub enum BlocklistCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take a name off blocking by resolution (its listing and the destinations blocked for
+    /// it) now, and keep it off whichever source lists it (feed, verdict, config) for a while
+    /// or until `relist`; audited.
+    Unlist {
+        /// The listed name (as `sensor blocklist resolved` shows it).
+        name: String,
+        /// How long it stays off (e.g. `2h`, `7days`); default: until `relist`.
+        #[arg(long = "for")]
+        for_: Option<String>,
+        /// Why (recorded in the audit log with who and when).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an `unlist`: the name is listed again if a source still lists it.
+    Relist {
+        name: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Take an address or range off every list now (kernel map, EDL, state) and keep it off
     /// for a while; works with the daemon running or not, and is audited.
     Unblock {
@@ -231,6 +259,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(config.as_ref())?;
             state_owner::become_owner(&config.blocklist.policy.state_dir)?;
             blocklist::unblock(config, &net, for_, &reason, json)
+        }
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Unlist {
+                    name,
+                    for_,
+                    reason,
+                    config,
+                    json,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::unlist(config, &name, for_, &reason, json)
+        }
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Relist {
+                    name,
+                    reason,
+                    config,
+                    json,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::relist(config, &name, &reason, json)
         }
         Command::Blocklist {
             command:
