@@ -71,10 +71,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A bounded queue between two stages, with the name its depth is reported under
 /// (`queue_depth{queue="..."}`).
-struct Queue<T> {
-    name: &'static str,
-    tx: mpsc::Sender<T>,
-    rx: mpsc::Receiver<T>,
+pub(crate) struct Queue<T> {
+    pub name: &'static str,
+    pub tx: mpsc::Sender<T>,
+    pub rx: mpsc::Receiver<T>,
 }
 
 impl<T: Send + 'static> Queue<T> {
@@ -269,7 +269,18 @@ impl Pipeline {
             "sensor attached"
         );
 
-        let intel = sensor_intel::setup::build(&config.trust, &config.intel)?;
+        let Stages {
+            intel,
+            inventory,
+            alerter,
+            enricher,
+            enrich_counters,
+            stage_counters,
+            fanout,
+            mut sources,
+            to_enrich,
+            to_sinks,
+        } = build_stages(config, &interfaces)?;
         let mut reloaders = intel.reloaders.clone();
         let live: daemon::Live = Arc::new(arc_swap::ArcSwap::from_pointee(config.job_context()));
         if let Some(file) = config_file {
@@ -281,9 +292,6 @@ impl Pipeline {
                 live.clone(),
             )));
         }
-        let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
-            config.alerts.load_inventory()?,
-        ));
         if let Some(path) = &config.alerts.inventory {
             reloaders.push(Arc::new(InventoryReload {
                 path: path.clone(),
@@ -291,11 +299,6 @@ impl Pipeline {
                 counters: Default::default(),
             }));
         }
-        let alerter = if config.alerts.wecom.is_empty() && config.alerts.webhook.is_empty() {
-            None
-        } else {
-            Some(Alerter::spawn(&config.alerts, inventory.clone())?)
-        };
         let servers = ServerThread::start().context("starting the HTTP server thread")?;
         let (edl_stop, edl_stop_rx) = oneshot::channel::<()>();
         let edl = {
@@ -347,36 +350,6 @@ impl Pipeline {
             }
         }
         let nightly = config.blocklist.schedule.enabled;
-
-        let enrich_counters = Arc::new(EnrichCounters::default());
-        let enricher = Enricher {
-            settings: config.intel.enrich_settings(),
-            trust: intel.trust.clone(),
-            verdicts: intel.verdicts.clone(),
-            ip_feeds: intel.ip_feeds.clone(),
-            egress: intel.egress.clone(),
-            hits: alerter.as_ref().map(|a| {
-                Arc::new(AlertHits {
-                    submitter: a.submitter(),
-                    sensor: config.sensor.name.clone(),
-                }) as Arc<dyn HitSink>
-            }),
-            counters: enrich_counters.clone(),
-        };
-
-        let stage_counters = Arc::new(StageCounters::default());
-        let mut sources = Sources::default();
-        let queue_size = config.output.queue_size;
-        let to_enrich = Queue::new("reader_to_enrich", queue_size, &mut sources);
-        let to_sinks = Queue::new("enrich_to_sinks", queue_size, &mut sources);
-        let sinks = build_sinks(
-            config,
-            &interfaces,
-            &inventory,
-            &stage_counters,
-            &mut sources,
-        )?;
-        let fanout = Fanout::new(sinks);
 
         telemetry::kernel(&mut sources, pin_dir.clone());
         if config.blocklist.export.any() {
@@ -699,6 +672,79 @@ fn health_checks(
         });
     }
     h
+}
+
+/// The stages after the ring-buffer reader, built from the config: intel, the inventory and
+/// alerts, the enricher, and the sinks behind their fan-out, with the queues that connect them
+/// and their counters. The daemon and `sensor replay` both build them here, so a replayed
+/// capture goes through exactly the stages live traffic does.
+pub(crate) struct Stages {
+    pub intel: Intel,
+    pub inventory: Arc<arc_swap::ArcSwap<Inventory>>,
+    pub alerter: Option<Alerter>,
+    pub enricher: Enricher,
+    pub enrich_counters: Arc<EnrichCounters>,
+    pub stage_counters: Arc<StageCounters>,
+    pub fanout: Fanout,
+    /// The queues' depth gauges (the caller adds the rest of its metrics).
+    pub sources: Sources,
+    pub to_enrich: Queue<Query>,
+    pub to_sinks: Queue<Enriched>,
+}
+
+/// Builds [`Stages`]; `interfaces` names the ifindexes the records carry (for the documents).
+pub(crate) fn build_stages(
+    config: &Config,
+    interfaces: &HashMap<u32, String>,
+) -> anyhow::Result<Stages> {
+    let intel = sensor_intel::setup::build(&config.trust, &config.intel)?;
+    let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
+        config.alerts.load_inventory()?,
+    ));
+    let alerter = if config.alerts.wecom.is_empty() && config.alerts.webhook.is_empty() {
+        None
+    } else {
+        Some(Alerter::spawn(&config.alerts, inventory.clone())?)
+    };
+    let enrich_counters = Arc::new(EnrichCounters::default());
+    let enricher = Enricher {
+        settings: config.intel.enrich_settings(),
+        trust: intel.trust.clone(),
+        verdicts: intel.verdicts.clone(),
+        ip_feeds: intel.ip_feeds.clone(),
+        egress: intel.egress.clone(),
+        hits: alerter.as_ref().map(|a| {
+            Arc::new(AlertHits {
+                submitter: a.submitter(),
+                sensor: config.sensor.name.clone(),
+            }) as Arc<dyn HitSink>
+        }),
+        counters: enrich_counters.clone(),
+    };
+    let stage_counters = Arc::new(StageCounters::default());
+    let mut sources = Sources::default();
+    let queue_size = config.output.queue_size;
+    let to_enrich = Queue::new("reader_to_enrich", queue_size, &mut sources);
+    let to_sinks = Queue::new("enrich_to_sinks", queue_size, &mut sources);
+    let sinks = build_sinks(
+        config,
+        interfaces,
+        &inventory,
+        &stage_counters,
+        &mut sources,
+    )?;
+    Ok(Stages {
+        intel,
+        inventory,
+        alerter,
+        enricher,
+        enrich_counters,
+        stage_counters,
+        fanout: Fanout::new(sinks),
+        sources,
+        to_enrich,
+        to_sinks,
+    })
 }
 
 /// The sinks in fan-out order: Kafka, Elasticsearch, then the JSON-lines output.
