@@ -315,7 +315,7 @@ fn garbage_and_truncated_captures_are_a_one_line_error_and_a_failure() {
 
     let garbage = dir.path().join("garbage.pcap");
     std::fs::write(&garbage, b"this is not a capture file at all, just text\n").unwrap();
-    let out = replay(&cfg, &[garbage.clone()]);
+    let out = replay(&cfg, &[garbage]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
