@@ -133,6 +133,40 @@ fn protect_resolved(config: &Config, pin_dir: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
+/// The kernel lists of a private program that nobody else sees (`sensor replay`): the same
+/// entries [`install`] and [`install_resolved`] put in the daemon's maps (client allowlist,
+/// the stored blocklist re-planned with today's rules plus `blocklist.entries`, the protected
+/// addresses and listed names of blocking by resolution), computed without writing anything:
+/// no state, EDL or export file, no state lock. Returns how many entries each list holds.
+pub fn install_private(
+    config: &Config,
+    allow: &mut PrefixMap<AllowValue>,
+    block: &mut PrefixMap<BlockValue>,
+    resolved: &mut sensor_kernel::lists::resolved::ResolvedMaps,
+) -> anyhow::Result<(usize, usize, usize)> {
+    use sensor_blocklist::{publish, store::Store};
+    let allowed = config.client_allow();
+    allow.replace_all(&allowed)?;
+    let now = time::OffsetDateTime::now_utc();
+    let section = &config.blocklist;
+    let rules = publish::Rules::current(section, &config.rule_inputs(), now.unix_timestamp())?;
+    // Read only: the state file is replaced by rename, so a read never sees half of one.
+    let store = Store::load(&section.policy.state_dir)?;
+    let entries = store
+        .plan(now, &[], &rules.never, &section.policy, true)
+        .map(|p| p.kernel_entries())
+        .unwrap_or_else(|_| store.entries().map(|e| e.kernel_entry()).collect());
+    let (always, _) = publish::static_entries(section, &rules.never);
+    let installed = sensor_kernel::lists::blocklist::install_into(block, &entries, &always)?;
+    resolved.set_protected(&rules.never.hard_holes())?;
+    let names = if section.resolved.enabled {
+        resolved.set_names(&section.resolved.listings())?
+    } else {
+        0
+    };
+    Ok((allowed.len(), installed.total, names))
+}
+
 /// Re-reads the config file on SIGHUP and installs its kernel lists.
 pub struct KernelLists {
     files: [PathBuf; 1],

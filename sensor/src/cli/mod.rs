@@ -10,6 +10,7 @@ use crate::config::Config;
 mod blocklist;
 mod check_config;
 mod pdns;
+mod replay;
 mod run;
 mod state_owner;
 mod stats;
@@ -35,6 +36,21 @@ pub enum Command {
         /// Interface to attach to (repeatable); replaces `capture.interfaces`.
         #[arg(long, short)]
         interface: Vec<String>,
+    },
+    /// Run capture files (pcap, pcapng) through the same XDP program (BPF_PROG_TEST_RUN) and
+    /// the same stages as live traffic, with the capture's timestamps and today's intel. Needs
+    /// root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN); attaches and pins nothing.
+    Replay {
+        /// Config file (TOML): lists, intel and sinks as the daemon would use them. Without it
+        /// the embedded defaults apply: JSON lines on stdout.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the summary (on stderr) as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Capture files, replayed in this order as one stream.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Print the kernel counters of a running sensor.
     Stats {
@@ -222,6 +238,11 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, interface } => run::run(config, interface),
+        Command::Replay {
+            config,
+            json,
+            files,
+        } => replay::replay(config, files, json),
         Command::Stats { config, json } => stats::stats(load_config(config.as_ref())?, json),
         Command::CheckConfig {
             file,
