@@ -921,6 +921,7 @@ max_secs = 600
             .any(|m| m.content.contains("later.example.org") && m.content.contains("Zhang San"))
     }));
     let took = t0.elapsed();
+    eprintln!("retro-hunt: the backdated alert arrived {took:?} after the feed file changed");
     assert!(
         took < Duration::from_secs(5),
         "the backdated alert came {took:?} after the feed changed"

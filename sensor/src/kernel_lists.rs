@@ -46,12 +46,38 @@ pub fn install_resolved(config: &Config, pin_dir: &std::path::Path) -> anyhow::R
     use sensor_kernel::lists::resolved::ResolvedMaps;
     protect_resolved(config, pin_dir)?;
     let section = &config.blocklist.resolved;
+    let mut maps = ResolvedMaps::open_pinned(pin_dir)?;
     let listings = if section.enabled {
-        section.listings()
+        let mut l = section.listings();
+        // Names listed on a verdict by an earlier run (kept maps) stay until their expiry: the
+        // worker takes them over; the feeds' are listed again by the worker from the files.
+        l.extend(kept_verdicts(&maps)?);
+        l
     } else {
         Vec::new()
     };
-    Ok(ResolvedMaps::open_pinned(pin_dir)?.set_names(&listings)?)
+    Ok(maps.set_names(&listings)?)
+}
+
+/// The unexpired verdict listings in BAD_NAMES (whole names only: a name cut to the text
+/// BAD_NAMES keeps cannot be listed again and is left to lapse).
+fn kept_verdicts(
+    maps: &sensor_kernel::lists::resolved::ResolvedMaps,
+) -> anyhow::Result<Vec<sensor_kernel::lists::resolved::Listing>> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    Ok(maps
+        .names()?
+        .into_iter()
+        .filter(|n| {
+            n.sources.contains(&"verdict") && n.expires_unix > now && !n.name.ends_with('…')
+        })
+        .map(|n| sensor_kernel::lists::resolved::Listing {
+            name: n.name,
+            expires_unix: n.expires_unix,
+            exact: n.exact,
+            source: sensor_common::resolved::NAME_FROM_VERDICT,
+        })
+        .collect())
 }
 
 /// Starts blocking by resolution's worker (names from the feeds and the verdicts, the answer
