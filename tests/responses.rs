@@ -539,6 +539,7 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
     // forwards in well under a millisecond, and the window below is 200 ms) and its server
     // would count it. A clean name's connection must complete and get the page.
     let (c2_ips, clean_ips) = (c2.clone(), clean.clone());
+    let trials_started = Instant::now();
     let (escapes, false_blocks, answers_wrong) = in_ns(&client.ns, move || {
         use std::io::Read as _;
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -584,6 +585,12 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
         escapes += connected(&in_flight);
         (escapes, false_blocks, wrong)
     });
+    eprintln!(
+        "trials: {TRIALS} ({} listed, {} clean): {escapes} escapes, {false_blocks} false blocks, {answers_wrong} wrong answers, {:?}",
+        TRIALS / 2,
+        TRIALS / 2,
+        trials_started.elapsed()
+    );
     assert_eq!(answers_wrong, 0, "unbound's answers");
     assert_eq!(escapes, 0, "escapes in {} listed trials", TRIALS / 2);
     assert_eq!(
