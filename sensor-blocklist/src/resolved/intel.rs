@@ -860,3 +860,198 @@ fn retro_assessment(why: &Why) -> Arc<Assessment> {
     }
     Arc::new(a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sensor_intel::{
+        cache::{CacheSection, Source},
+        feeds::{FeedConfig, FeedKind},
+    };
+    use sensor_model::verdict::{Confidence, Severity};
+
+    fn feed(dir: &std::path::Path, name: &str, lines: &str) -> FeedConfig {
+        let path = dir.join(format!("{name}.txt"));
+        std::fs::write(&path, lines).unwrap();
+        FeedConfig {
+            name: name.into(),
+            kind: FeedKind::Domains,
+            path,
+            severity: Severity::High,
+            confidence: Confidence::High,
+            reload_interval_ms: 0,
+        }
+    }
+
+    struct Setup {
+        rt: tokio::runtime::Runtime,
+        dir: tempfile::TempDir,
+        feeds: Arc<LocalFeeds>,
+        cache: Arc<VerdictCache>,
+    }
+
+    /// A domain feed (`feed.example`, `=exact.example`) that blocking by resolution lists, and
+    /// a verdict cache whose only provider is another feed (`bad.example`), standing in for
+    /// ThreatBook.
+    fn setup() -> Setup {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let feeds = Arc::new(
+            LocalFeeds::load(&[feed(dir.path(), "c2", "feed.example\n=exact.example\n")]).unwrap(),
+        );
+        let provider =
+            Arc::new(LocalFeeds::load(&[feed(dir.path(), "tb", "bad.example\n")]).unwrap());
+        let cache = Arc::new(VerdictCache::new(
+            &CacheSection::default(),
+            provider
+                .providers()
+                .into_iter()
+                .map(Source::Local)
+                .collect(),
+        ));
+        Setup {
+            rt,
+            dir,
+            feeds,
+            cache,
+        }
+    }
+
+    fn worker(s: &Setup, operator: &[&str]) -> Worker {
+        let operator = operator
+            .iter()
+            .map(|n| Listing {
+                name: n.trim_start_matches('=').into(),
+                expires_unix: 0,
+                exact: n.starts_with('='),
+                source: NAME_FROM_CONFIG,
+            })
+            .collect();
+        let mut w = Worker::new(
+            Settings {
+                maps: None,
+                min_secs: 60,
+                max_secs: 600,
+                from_feeds: true,
+                from_verdicts: true,
+                verdict_secs: 900,
+                operator,
+                feeds: Some(s.feeds.clone()),
+                verdicts: Some(s.cache.clone()),
+                unlisted: UnlistedFileAt::new(&s.dir.path().join("state")),
+                retro: None,
+                runtime: s.rt.handle().clone(),
+            },
+            Arc::default(),
+        )
+        .unwrap();
+        w.sync().unwrap();
+        w
+    }
+
+    #[test]
+    fn every_source_lists_with_its_own_scope() {
+        let s = setup();
+        let w = worker(&s, &["op.example", "=only.example"]);
+        assert_eq!(w.counters.listed.load(Ordering::Relaxed), 4);
+        for (name, want) in [
+            ("a.b.feed.example", Some("feed.example")),
+            ("FEED.example", Some("feed.example")), // any case, as DNS names compare
+            ("feed.example", Some("feed.example")),
+            ("notfeed.example", None),
+            ("exact.example", Some("exact.example")),
+            ("www.exact.example", None),
+            ("x.op.example", Some("op.example")),
+            ("only.example", Some("only.example")),
+            ("www.only.example", None),
+            ("bad.example", None), // a provider's name is listed on its verdict, not before
+        ] {
+            assert_eq!(w.covers(name).as_deref(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_verdict_lists_only_a_name_the_cache_judges_malicious_itself() {
+        let s = setup();
+        let mut w = worker(&s, &[]);
+        // A hit for a clean name (its server or an answer address was on an IP feed) or for a
+        // name not looked up yet lists nothing.
+        s.rt.block_on(s.cache.lookup("clean.example".into()));
+        w.verdict("clean.example");
+        w.verdict("never-looked-up.example");
+        assert!(w.verdicts.is_empty());
+        // The name's own malicious verdict lists it, exactly, for verdict_secs.
+        s.rt.block_on(s.cache.lookup("bad.example".into()));
+        let before = now_unix();
+        w.verdict("Bad.Example.");
+        let expires = w.verdicts["bad.example"];
+        assert!((before + 900..=now_unix() + 900).contains(&expires));
+        assert_eq!(w.covers("bad.example").as_deref(), Some("bad.example"));
+        assert_eq!(w.covers("www.bad.example"), None);
+        assert_eq!(w.counters.listed_verdicts.load(Ordering::Relaxed), 1);
+        // A name a feed covers already is not listed twice.
+        s.rt.block_on(s.cache.lookup("x.feed.example".into()));
+        w.verdict("x.feed.example");
+        assert_eq!(w.verdicts.len(), 1);
+    }
+
+    #[test]
+    fn the_operators_unlist_outranks_every_source_until_it_lapses_or_is_revoked() {
+        let s = setup();
+        let mut w = worker(&s, &["op.example"]);
+        let file = UnlistedFileAt::new(&s.dir.path().join("state"));
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let d = |name: &str, until| Unlisted {
+            name: name.into(),
+            until,
+            reason: "test".into(),
+            by: "test".into(),
+            at: now,
+        };
+        file.save(&[d("feed.example", None), d("op.example", Some(now - 1))])
+            .unwrap();
+        w.tick();
+        assert_eq!(w.covers("a.feed.example"), None, "unlisted");
+        assert_eq!(
+            w.covers("a.op.example").as_deref(),
+            Some("op.example"),
+            "a lapsed decision decides nothing"
+        );
+        assert_eq!(w.counters.listed.load(Ordering::Relaxed), 2);
+        s.rt.block_on(s.cache.lookup("bad.example".into()));
+        file.save(&[d("bad.example", None)]).unwrap();
+        w.tick();
+        w.verdict("bad.example");
+        assert!(
+            w.verdicts.is_empty(),
+            "a verdict does not list an unlisted name"
+        );
+        assert_eq!(
+            w.covers("a.feed.example").as_deref(),
+            Some("feed.example"),
+            "revoked"
+        );
+    }
+
+    #[test]
+    fn recent_answers_are_remembered_by_every_name_of_their_chain_and_forgotten() {
+        let s = setup();
+        let mut w = worker(&s, &[]);
+        let a = Arc::new(RecentAnswer {
+            name: "www.shop.example".into(),
+            chain: vec!["x.cdn.example".into()],
+            addresses: vec![("192.0.2.1".parse().unwrap(), 60)],
+            client: "10.0.0.7".parse().unwrap(),
+            seen_unix: 0,
+        });
+        w.answer(a.clone());
+        assert_eq!(w.recent.len(), 2);
+        assert!(Arc::ptr_eq(&w.recent["x.cdn.example"][0], &a));
+        // Seen at 0: far older than an hour, dropped at the next tick.
+        w.tick();
+        assert!(w.recent.is_empty() && w.recent_order.is_empty());
+    }
+}
