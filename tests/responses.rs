@@ -610,17 +610,7 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
     );
 
     // What the operator sees: each blocked address with the listed name, the client, the TTL.
-    let show = Command::new(sensor_bin())
-        .args(["blocklist", "resolved", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        show.status.success(),
-        "{}",
-        String::from_utf8_lossy(&show.stderr)
-    );
-    let v: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let v = resolved_view(&config);
     let blocked = v["blocked"].as_array().unwrap();
     let mut addrs: Vec<String> = blocked
         .iter()
@@ -676,17 +666,7 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
 
 /// `sensor blocklist resolved --json` of a running sensor.
 fn resolved_view(config: &std::path::Path) -> Value {
-    let out = Command::new(sensor_bin())
-        .args(["blocklist", "resolved", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    sensor_ok(&["blocklist", "resolved"], config)
 }
 
 /// The name a blocked address is shown with (`None`: not blocked).
@@ -712,6 +692,7 @@ fn await_view(config: &std::path::Path, secs: u64, what: &str, done: impl Fn(&Va
     }
 }
 
+/// `sensor ARGS --json --config CONFIG`, which must succeed, as JSON.
 fn sensor_ok(args: &[&str], config: &std::path::Path) -> Value {
     let out = Command::new(sensor_bin())
         .args(args)

@@ -132,6 +132,32 @@ pub enum NameDecisionError {
     Maps(#[from] sensor_kernel::lists::resolved::ResolvedError),
 }
 
+/// What both commands start with: a reason, the name's canonical form, the state lock, the
+/// decisions in force.
+fn begin<'r>(
+    state_dir: &Path,
+    name: &str,
+    reason: &'r str,
+) -> Result<
+    (
+        &'r str,
+        String,
+        crate::lock::StateLock,
+        UnlistedFileAt,
+        Vec<Unlisted>,
+    ),
+    NameDecisionError,
+> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(NameDecisionError::NoReason);
+    }
+    let lock = crate::lock::StateLock::acquire(state_dir, crate::publish::LOCK_WAIT)?;
+    let file = UnlistedFileAt::new(state_dir);
+    let list = file.load()?;
+    Ok((reason, canonical(name), lock, file, list))
+}
+
 /// `sensor blocklist unlist NAME`: records the decision (audited), then takes the name and
 /// the destinations blocked for it out of the running sensor's maps at once; the daemon keeps
 /// it out of every re-listing until `until` (or for good).
@@ -144,17 +170,10 @@ pub fn unlist(
     by: &str,
     now: i64,
 ) -> Result<NameOutcome, NameDecisionError> {
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(NameDecisionError::NoReason);
-    }
-    let name = canonical(name);
+    let (reason, name, _lock, file, mut list) = begin(state_dir, name, reason)?;
     if sensor_kernel::lists::resolved::wire_form(&name).is_none() {
         return Err(NameDecisionError::BadName(name));
     }
-    let _lock = crate::lock::StateLock::acquire(state_dir, crate::publish::LOCK_WAIT)?;
-    let file = UnlistedFileAt::new(state_dir);
-    let mut list = file.load()?;
     list.retain(|u| u.name != name);
     let d = Unlisted {
         name: name.clone(),
@@ -195,14 +214,7 @@ pub fn relist(
     by: &str,
     now: i64,
 ) -> Result<NameOutcome, NameDecisionError> {
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(NameDecisionError::NoReason);
-    }
-    let name = canonical(name);
-    let _lock = crate::lock::StateLock::acquire(state_dir, crate::publish::LOCK_WAIT)?;
-    let file = UnlistedFileAt::new(state_dir);
-    let mut list = file.load()?;
+    let (reason, name, _lock, file, mut list) = begin(state_dir, name, reason)?;
     let before = list.len();
     list.retain(|u| u.name != name);
     if list.len() == before {

@@ -95,12 +95,7 @@ pub fn unlist(
     reason: &str,
     json: bool,
 ) -> anyhow::Result<()> {
-    let for_ = for_
-        .map(|f| {
-            humantime::parse_duration(&f)
-                .map_err(|e| anyhow::anyhow!("--for {f:?}: {e} (e.g. 2h, 30m, 7days)"))
-        })
-        .transpose()?;
+    let for_ = parse_for(for_)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let until = for_.map(|d| now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
     let o = unlisted::unlist(
@@ -202,6 +197,15 @@ fn parse_net(text: &str) -> anyhow::Result<IpNet> {
     Ok(net)
 }
 
+/// `--for DURATION` (`2h`, `30m`, `7days`).
+fn parse_for(for_: Option<String>) -> anyhow::Result<Option<std::time::Duration>> {
+    for_.map(|f| {
+        humantime::parse_duration(&f)
+            .map_err(|e| anyhow::anyhow!("--for {f:?}: {e} (e.g. 2h, 30m, 7days)"))
+    })
+    .transpose()
+}
+
 /// Who typed the command (taken before a switch to the state directory's owner).
 fn who() -> String {
     super::state_owner::invoker()
@@ -262,12 +266,7 @@ pub fn unblock(
     reason: &str,
     json: bool,
 ) -> anyhow::Result<()> {
-    let for_ = for_
-        .map(|f| {
-            humantime::parse_duration(&f)
-                .map_err(|e| anyhow::anyhow!("--for {f:?}: {e} (e.g. 2h, 30m, 7days)"))
-        })
-        .transpose()?;
+    let for_ = parse_for(for_)?;
     let net = parse_net(net)?;
     let now = time::OffsetDateTime::now_utc();
     let o = with_target(&config, |t| {
