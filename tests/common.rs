@@ -10,6 +10,8 @@
     reason = "an integration test: a failed unwrap or expect is the test failing, with its message"
 )]
 
+pub mod tshark;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,

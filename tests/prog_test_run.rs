@@ -1480,6 +1480,7 @@ fn listing(name: &str, exact: bool) -> Listing {
         name: name.into(),
         expires_unix: 0,
         exact,
+        source: sensor_common::resolved::NAME_FROM_CONFIG,
     }
 }
 
@@ -1570,7 +1571,13 @@ fn a_listed_names_answers_are_blocked_from_the_next_packet_protected_ones_never(
     }
     let counts: Vec<u64> = r.blocked().unwrap().iter().map(|b| b.packets).collect();
     assert_eq!(counts, [1, 1], "counted per entry");
-    assert_eq!(r.names().unwrap(), [("evil.example".to_owned(), 0, 1)]);
+    let names = r.names().unwrap();
+    assert_eq!(names.len(), 1);
+    assert_eq!(
+        (names[0].name.as_str(), names[0].expires_unix, names[0].hits),
+        ("evil.example", 0, 1)
+    );
+    assert_eq!(names[0].sources, ["config"]);
 
     // The operator's unblock takes the address out at once.
     let removed = r.unblock(&"2001:db8::/64".parse().unwrap()).unwrap();
@@ -1969,4 +1976,123 @@ fn responses_sent_back_to_back_in_one_segment_are_all_reported_on_both_hooks() {
             assert_eq!(usize::from(r.msg_len), m.len());
         }
     }
+}
+
+/// What the daemon's worker does through the maps: a name listed one at a time (a verdict)
+/// beside the others and acted on by the program at once; an answer blocked from userspace (it
+/// passed before its name was listed), never when protected; the operator's `unlist` takes the
+/// name and its destinations out.
+#[test]
+fn names_listed_one_at_a_time_userspace_blocks_and_unlisting() {
+    use sensor_common::resolved::{NAME_FROM_FEED, NAME_FROM_VERDICT};
+    use sensor_kernel::lists::resolved::DestBlock;
+    let (mut h, mut r) = resolved_harness((60, 3600));
+    let feed = Listing {
+        source: NAME_FROM_FEED,
+        ..listing("feed.example", false)
+    };
+    assert_eq!(r.set_names(&[feed]).unwrap(), 1);
+    let expires = unix_now() + 900;
+    let verdict = Listing {
+        name: "late.example".into(),
+        expires_unix: expires,
+        exact: true,
+        source: NAME_FROM_VERDICT,
+    };
+    assert_eq!(r.add_names(std::slice::from_ref(&verdict)).unwrap(), 1);
+    assert_eq!(r.add_names(&[verdict]).unwrap(), 0, "listed once");
+    let names = r.names().unwrap();
+    let shown: Vec<_> = names
+        .iter()
+        .map(|n| (n.name.as_str(), n.exact, n.expires_unix, n.sources.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("feed.example", false, 0, vec!["feed"]),
+            ("late.example", true, expires, vec!["verdict"]),
+        ]
+    );
+
+    // The program acts on the name added alone (its filter bit was set first).
+    let msg = dns_response(
+        9,
+        0x8180,
+        "late.example",
+        1,
+        1,
+        &rr(&QNAME_PTR, 1, 120, &a("192.0.2.7")),
+    );
+    let run = h.run(&response_frame(server4(), client4(), 40000, &msg));
+    assert_eq!(run.action, XDP_PASS);
+    let blocked = r.blocked().unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        (blocked[0].name.as_str(), blocked[0].ttl),
+        ("late.example", 120)
+    );
+    assert_eq!(h.run(&to(IpAddr::V4(v4("192.0.2.7")))).action, XDP_DROP);
+
+    // Userspace blocks an answer the program let through; a protected address never.
+    r.set_protected(&["192.0.2.99/32".parse().unwrap()])
+        .unwrap();
+    let now = unix_now();
+    let out = r
+        .block(
+            &[
+                DestBlock {
+                    address: IpAddr::V4(v4("192.0.2.8")),
+                    name: "feed.example".into(),
+                    client: client4(),
+                    ttl: 30,
+                    expires_unix: now + 60,
+                },
+                DestBlock {
+                    address: IpAddr::V4(v4("192.0.2.99")),
+                    name: "feed.example".into(),
+                    client: client4(),
+                    ttl: 30,
+                    expires_unix: now + 60,
+                },
+                DestBlock {
+                    address: IpAddr::V4(v4("192.0.2.7")),
+                    name: "late.example".into(),
+                    client: client4(),
+                    ttl: 30,
+                    expires_unix: now + 1,
+                },
+            ],
+            now,
+        )
+        .unwrap();
+    assert_eq!((out.inserted, out.protected, out.refreshed), (1, 1, 1));
+    assert_eq!(h.run(&to(IpAddr::V4(v4("192.0.2.8")))).action, XDP_DROP);
+    assert_eq!(h.run(&to(IpAddr::V4(v4("192.0.2.99")))).action, XDP_PASS);
+    let by_addr: Vec<_> = r
+        .blocked()
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.address, b.name, b.expires_unix >= now + 60))
+        .collect();
+    assert_eq!(
+        by_addr,
+        [
+            (IpAddr::V4(v4("192.0.2.7")), "late.example".to_owned(), true),
+            (IpAddr::V4(v4("192.0.2.8")), "feed.example".to_owned(), true),
+        ],
+        "the program's entry keeps its later expiry"
+    );
+
+    // Unlisting a name removes it and the destinations blocked for it, nothing else.
+    let removed = r.remove_name("Late.Example.").unwrap();
+    assert_eq!((removed.names, removed.destinations), (1, 1));
+    assert_eq!(h.run(&to(IpAddr::V4(v4("192.0.2.7")))).action, XDP_PASS);
+    assert_eq!(h.run(&to(IpAddr::V4(v4("192.0.2.8")))).action, XDP_DROP);
+    let run = h.run(&response_frame(server4(), client4(), 40000, &msg));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(
+        r.blocked().unwrap().len(),
+        1,
+        "an unlisted name's answer blocks nothing"
+    );
 }

@@ -31,8 +31,17 @@ struct Unbound {
     _dir: tempfile::TempDir,
 }
 
+/// The zone [`Unbound::start_with_auth`] serves as an authority (unbound follows CNAMEs inside
+/// an auth-zone, not between local-data names).
+const AUTH_ZONE: &str = "cnames.test.";
+
 impl Unbound {
     fn start(topo: &Topology, zone: &[&str]) -> Self {
+        Self::start_with_auth(topo, zone, &[])
+    }
+
+    /// `zone` as local data; `auth` (records under [`AUTH_ZONE`]) as an authoritative zone.
+    fn start_with_auth(topo: &Topology, zone: &[&str], auth: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = topo.v4(2);
         let mut conf = format!(
@@ -45,6 +54,25 @@ impl Unbound {
         );
         for rr in zone {
             conf.push_str(&format!("  local-data: \"{rr}\"\n"));
+        }
+        if !auth.is_empty() {
+            // unbound refuses `.test` itself (RFC 6761) unless told not to.
+            conf.push_str("  local-zone: \"test.\" nodefault\n");
+            let file = dir.path().join("auth.zone");
+            let mut text = format!(
+                "{AUTH_ZONE} 300 IN SOA ns.{AUTH_ZONE} hostmaster.{AUTH_ZONE} 1 3600 600 86400 300\n\
+                 {AUTH_ZONE} 300 IN NS ns.{AUTH_ZONE}\nns.{AUTH_ZONE} 300 IN A 127.0.0.1\n"
+            );
+            for rr in auth {
+                text.push_str(rr);
+                text.push('\n');
+            }
+            std::fs::write(&file, text).unwrap();
+            conf.push_str(&format!(
+                "auth-zone:\n  name: \"{AUTH_ZONE}\"\n  zonefile: \"{}\"\n  \
+                 for-downstream: yes\n  for-upstream: no\n",
+                file.display()
+            ));
         }
         let path = dir.path().join("unbound.conf");
         std::fs::write(&path, conf).unwrap();
@@ -518,6 +546,7 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
     // forwards in well under a millisecond, and the window below is 200 ms) and its server
     // would count it. A clean name's connection must complete and get the page.
     let (c2_ips, clean_ips) = (c2.clone(), clean.clone());
+    let trials_started = Instant::now();
     let (escapes, false_blocks, answers_wrong) = in_ns(&client.ns, move || {
         use std::io::Read as _;
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -563,6 +592,12 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
         escapes += connected(&in_flight);
         (escapes, false_blocks, wrong)
     });
+    eprintln!(
+        "trials: {TRIALS} ({} listed, {} clean): {escapes} escapes, {false_blocks} false blocks, {answers_wrong} wrong answers, {:?}",
+        TRIALS / 2,
+        TRIALS / 2,
+        trials_started.elapsed()
+    );
     assert_eq!(answers_wrong, 0, "unbound's answers");
     assert_eq!(escapes, 0, "escapes in {} listed trials", TRIALS / 2);
     assert_eq!(
@@ -582,17 +617,7 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
     );
 
     // What the operator sees: each blocked address with the listed name, the client, the TTL.
-    let show = Command::new(sensor_bin())
-        .args(["blocklist", "resolved", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        show.status.success(),
-        "{}",
-        String::from_utf8_lossy(&show.stderr)
-    );
-    let v: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let v = resolved_view(&config);
     let blocked = v["blocked"].as_array().unwrap();
     let mut addrs: Vec<String> = blocked
         .iter()
@@ -787,4 +812,345 @@ fn a_sensor_on_the_resolver_host_reports_the_answers_its_resolver_sends() {
     }
     // A clean stop detaches it.
     assert!(tcx_egress(&resolver.ns, &resolver.peer_if).is_empty());
+}
+
+/// `sensor blocklist resolved --json` of a running sensor.
+fn resolved_view(config: &std::path::Path) -> Value {
+    sensor_ok(&["blocklist", "resolved"], config)
+}
+
+/// The name a blocked address is shown with (`None`: not blocked).
+fn blocked_for(view: &Value, ip: std::net::Ipv4Addr) -> Option<String> {
+    view["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == ip.to_string())
+        .map(|b| b["name"].as_str().unwrap().to_owned())
+}
+
+/// Waits until `done` holds for the operator's view, or fails after `secs`.
+fn await_view(config: &std::path::Path, secs: u64, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = resolved_view(config);
+        if done(&v) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `sensor ARGS --json --config CONFIG`, which must succeed, as JSON.
+fn sensor_ok(args: &[&str], config: &std::path::Path) -> Value {
+    let out = Command::new(sensor_bin())
+        .args(args)
+        .args(["--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The intel's names, not only the operator's: a domain feed's names are blocked from the first
+/// connection; a name ThreatBook judges malicious only after its answer passed, and an answer
+/// whose CNAME reaches a feed's name, are blocked from userspace as soon as that is known; a
+/// feed that gains a name blocks what was just resolved and retro-hunts: the client that
+/// resolved it gets a backdated WeCom alert with its owner, within 5 s. The operator's
+/// `unlist` undoes a name (and `relist` redoes it).
+#[test]
+fn names_from_feeds_and_verdicts_are_blocked_cnames_followed_late_ones_hunted_and_unlisted() {
+    use sensor_testkit::{
+        fake_threatbook::{FakeThreatBook, FakeVerdict},
+        fake_wecom::FakeWeCom,
+    };
+    const TB_KEY: &str = "canary-tb-key-93d1";
+    const WECOM_KEY: &str = "canary-wecom-key-71ab";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tb = rt.block_on(FakeThreatBook::start(TB_KEY)).unwrap();
+    tb.set_domain("late.evil-example.net", FakeVerdict::malicious("C2"));
+    // Slower than `intel.max_wait_ms`: the verdict comes after the answer went on.
+    tb.set_delay(Some(Duration::from_millis(600)));
+    let wecom = rt.block_on(FakeWeCom::start(WECOM_KEY));
+
+    let client = Topology::new(false);
+    let resolver = Topology::new(false);
+    gateway(&client, &resolver);
+    let feed_ip = resolver.add_client_v4(50);
+    let late_ip = resolver.add_client_v4(51);
+    let cname_ip = resolver.add_client_v4(52);
+    let later_ip = resolver.add_client_v4(53);
+    let clean_ip = resolver.add_client_v4(54);
+    let zone = [
+        format!("a.feed-evil.example.org. 300 IN A {feed_ip}"),
+        format!("late.evil-example.net. 300 IN A {late_ip}"),
+        format!("later.example.org. 300 IN A {later_ip}"),
+        format!("clean.example.org. 300 IN A {clean_ip}"),
+    ];
+    let zone_refs: Vec<&str> = zone.iter().map(String::as_str).collect();
+    let unbound = Unbound::start_with_auth(
+        &resolver,
+        &zone_refs,
+        &[
+            "www.shop.cnames.test. 300 IN CNAME x.cdn-evil.cnames.test.",
+            &format!("x.cdn-evil.cnames.test. 300 IN A {cname_ip}"),
+        ],
+    );
+    let server = resolver.v4(2).to_string();
+    let _http = http_servers(
+        &resolver.ns,
+        &[feed_ip, late_ip, cname_ip, later_ip, clean_ip],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let feed = d.join("c2-domains.txt");
+    std::fs::write(
+        &feed,
+        "# C2 domains\nfeed-evil.example.org\ncdn-evil.cnames.test\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("tb.key"), TB_KEY).unwrap();
+    std::fs::write(d.join("wecom.key"), WECOM_KEY).unwrap();
+    let client_ip = client.v4(2);
+    std::fs::write(
+        d.join("assets.csv"),
+        format!("cidr_or_ip,owner,employee_id,hostname,department\n{client_ip},Zhang San,E10024,fin-pc-034,Finance\n"),
+    )
+    .unwrap();
+    let name = unique("rint");
+    let metrics = free_port();
+    let config = d.join("sensor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[sensor]
+name = "{name}"
+pin_root = "/sys/fs/bpf/dns-sensor-test-{name}"
+[capture]
+interfaces = ["{cif}", "{rif}"]
+[metrics]
+listen = "127.0.0.1:{metrics}"
+[intel]
+max_wait_ms = 100
+[[intel.feeds]]
+name = "c2-domains"
+kind = "domains"
+path = "{feed}"
+reload_interval_ms = 100
+[intel.threatbook]
+base_url = "{tb_url}"
+api_key = {{ file = "{d}/tb.key" }}
+[intel.threatbook.limits]
+batch_window_ms = 5
+[alerts]
+inventory = "{d}/assets.csv"
+[[alerts.wecom]]
+base_url = "{wecom_url}"
+key = {{ file = "{d}/wecom.key" }}
+[blocklist.policy]
+state_dir = "{d}/state"
+[blocklist.edl]
+path = "{d}/edl.txt"
+[pdns]
+path = "{d}/pdns.sqlite"
+[blocklist.resolved]
+enabled = true
+min_secs = 60
+max_secs = 600
+"#,
+            cif = client.host_if,
+            rif = resolver.host_if,
+            feed = feed.display(),
+            tb_url = tb.base_url(),
+            wecom_url = wecom.base_url(),
+            d = d.display(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(sensor_bin(), &config, d);
+    // The daemon logs "sensor attached" before the worker lists the intel's names.
+    await_view(
+        &config,
+        10,
+        "the feed's names listed at start, with their source",
+        |v| {
+            let listed: Vec<(&str, &str)> = v["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    (
+                        n["name"].as_str().unwrap(),
+                        n["sources"][0].as_str().unwrap(),
+                    )
+                })
+                .collect();
+            listed
+                == [
+                    ("cdn-evil.cnames.test", "feed"),
+                    ("feed-evil.example.org", "feed"),
+                ]
+        },
+    );
+
+    // A feed's name: unreachable from the first connection (the kernel).
+    assert!(
+        dig(&client, &server, &["a.feed-evil.example.org", "A"]).contains(&feed_ip.to_string())
+    );
+    assert!(
+        !curl(&client, feed_ip),
+        "a feed's name is blocked from the first connection"
+    );
+    assert!(curl(&client, clean_ip), "a clean name works");
+
+    // A CNAME into a feed's domain: the kernel checks the question only; userspace follows
+    // the chain and blocks the address for the feed's entry.
+    let out = dig(&client, &server, &["www.shop.cnames.test", "A"]);
+    assert!(
+        out.contains("x.cdn-evil.cnames.test") && out.contains(&cname_ip.to_string()),
+        "{out}"
+    );
+    await_view(&config, 5, "the CNAME's address blocked", |v| {
+        blocked_for(v, cname_ip).as_deref() == Some("cdn-evil.cnames.test")
+    });
+    assert!(!curl(&client, cname_ip));
+
+    // ThreatBook's verdict comes after the answer passed: listed on the verdict (exact, with
+    // an expiry), and the answer that passed is blocked from userspace.
+    assert!(dig(&client, &server, &["late.evil-example.net", "A"]).contains(&late_ip.to_string()));
+    await_view(&config, 10, "the late verdict's answer blocked", |v| {
+        blocked_for(v, late_ip).as_deref() == Some("late.evil-example.net")
+    });
+    assert!(!curl(&client, late_ip));
+    let v = resolved_view(&config);
+    let late = v["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "late.evil-example.net")
+        .unwrap_or_else(|| panic!("listed on the verdict: {v}"));
+    assert_eq!(late["sources"], serde_json::json!(["verdict"]));
+    assert_eq!(late["exact"], true);
+    assert!(
+        late["expires_unix"].as_u64().unwrap() > 0,
+        "a verdict's listing expires"
+    );
+
+    // Retro-hunt: a clean name resolved, then the feed gains it.
+    assert!(dig(&client, &server, &["later.example.org", "A"]).contains(&later_ip.to_string()));
+    assert!(curl(&client, later_ip), "clean when resolved");
+    let before = wecom.accepted().len();
+    let t0 = std::time::Instant::now();
+    std::fs::write(
+        &feed,
+        "# C2 domains\nfeed-evil.example.org\ncdn-evil.cnames.test\nlater.example.org\n",
+    )
+    .unwrap();
+    rt.block_on(wecom.wait_for(Duration::from_secs(10), |r| {
+        r[before.min(r.len())..]
+            .iter()
+            .any(|m| m.content.contains("later.example.org") && m.content.contains("Zhang San"))
+    }));
+    let took = t0.elapsed();
+    eprintln!("retro-hunt: the backdated alert arrived {took:?} after the feed file changed");
+    assert!(
+        took < Duration::from_secs(5),
+        "the backdated alert came {took:?} after the feed changed"
+    );
+    let alert = wecom
+        .accepted()
+        .into_iter()
+        .find(|m| m.content.contains("later.example.org"))
+        .unwrap();
+    assert!(
+        alert.content.contains(&client_ip.to_string()),
+        "{}",
+        alert.content
+    );
+    assert!(
+        alert.content.contains("retro-hunt"),
+        "marked as a retro-hunt: {}",
+        alert.content
+    );
+    await_view(&config, 5, "the just-resolved answer blocked", |v| {
+        blocked_for(v, later_ip).as_deref() == Some("later.example.org")
+    });
+    assert!(!curl(&client, later_ip));
+    assert!(metric(metrics, "dns_sensor_retro_hunt_alerts_total") >= 1);
+    assert!(metric(metrics, "dns_sensor_resolved_fallback_blocked_total") >= 3);
+
+    // The operator's undo, by name: unreachable → reachable at once, and it stays off the
+    // list whatever the feed says; relist puts it back.
+    let o = sensor_ok(
+        &[
+            "blocklist",
+            "unlist",
+            "feed-evil.example.org",
+            "--reason",
+            "false positive",
+        ],
+        &config,
+    );
+    assert_eq!(
+        (
+            o["names_removed"].as_u64(),
+            o["destinations_removed"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{o}"
+    );
+    assert!(curl(&client, feed_ip), "reachable at once");
+    assert!(
+        dig(&client, &server, &["a.feed-evil.example.org", "A"]).contains(&feed_ip.to_string())
+    );
+    assert!(
+        curl(&client, feed_ip),
+        "an unlisted name's answer blocks nothing"
+    );
+    let v = resolved_view(&config);
+    assert!(
+        !v["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "feed-evil.example.org"),
+        "{v}"
+    );
+    assert_eq!(v["unlisted"][0]["name"], "feed-evil.example.org", "{v}");
+    assert_eq!(v["unlisted"][0]["reason"], "false positive", "{v}");
+    sensor_ok(
+        &[
+            "blocklist",
+            "relist",
+            "feed-evil.example.org",
+            "--reason",
+            "confirmed",
+        ],
+        &config,
+    );
+    await_view(&config, 5, "relisted", |v| {
+        v["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "feed-evil.example.org")
+    });
+    let _ = dig(&client, &server, &["a.feed-evil.example.org", "A"]);
+    assert!(!curl(&client, feed_ip), "blocked again");
+    let audit = std::fs::read_to_string(d.join("state/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"unlist\"") && audit.contains("\"relist\""),
+        "{audit}"
+    );
+
+    daemon.stop();
+    drop(unbound);
+    rt.block_on(tb.stop());
 }

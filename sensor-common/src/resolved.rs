@@ -35,6 +35,17 @@ pub const NAME_TEXT_LEN: usize = 40;
 /// `NameValue::flags`: the entry covers the name only, not the names under it (a feed's
 /// `=name` entry).
 pub const NAME_EXACT: u64 = 1;
+/// `NameValue::flags`: listed by the operator (`blocklist.resolved.names`). The program reads
+/// only [`NAME_EXACT`]; the source bits are the entry's reason, for `bpftool` and
+/// `sensor blocklist resolved`.
+pub const NAME_FROM_CONFIG: u64 = 1 << 1;
+/// `NameValue::flags`: listed by a domain feed (`[[intel.feeds]]`, kind `domains`).
+pub const NAME_FROM_FEED: u64 = 1 << 2;
+/// `NameValue::flags`: listed because the verdict cache judged the name malicious (a
+/// provider such as ThreatBook); such a listing expires.
+pub const NAME_FROM_VERDICT: u64 = 1 << 3;
+/// Every source bit.
+pub const NAME_SOURCES: u64 = NAME_FROM_CONFIG | NAME_FROM_FEED | NAME_FROM_VERDICT;
 
 /// Value of a `BAD_NAMES` entry.
 #[repr(C)]
@@ -44,7 +55,7 @@ pub struct NameValue {
     pub hits: u64,
     /// When the listing lapses (Unix seconds, 0 = never): from then on the program ignores it.
     pub expires_unix: u64,
-    /// [`NAME_EXACT`] or 0.
+    /// [`NAME_EXACT`] or 0, and the source bits ([`NAME_SOURCES`]).
     pub flags: u64,
     /// The name as text (lower case, no trailing dot), zero-padded, cut at [`NAME_TEXT_LEN`].
     pub name: [u8; NAME_TEXT_LEN],

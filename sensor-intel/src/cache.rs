@@ -170,6 +170,12 @@ impl VerdictCache {
         hit
     }
 
+    /// The cached verdict, if any, without counting a hit or a miss (for consumers beside the
+    /// enrichment stage, whose lookups would skew the cache's hit rate).
+    pub async fn peek(&self, name: &str) -> Option<Arc<Assessment>> {
+        self.cache.get(name).await
+    }
+
     /// The verdict for `name`, looked up when it is not cached. Concurrent calls for one name
     /// make one lookup.
     pub async fn lookup(&self, name: Arc<str>) -> Arc<Assessment> {

@@ -264,6 +264,9 @@ pub struct LocalFeed {
     files: [PathBuf; 1],
     entries: ArcSwap<Entries>,
     counters: ReloadCounters,
+    /// Successful loads so far: a consumer that copies the entries (blocking by resolution
+    /// lists a domain feed's names in the kernel) re-copies when this moves.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl LocalFeed {
@@ -277,6 +280,7 @@ impl LocalFeed {
                 FeedKind::Ips => Entries::Ips(IpSet::new()),
             }),
             counters: ReloadCounters::default(),
+            generation: Default::default(),
             config: config.clone(),
         };
         feed.reload()?;
@@ -317,6 +321,8 @@ impl LocalFeed {
         let result = loaded.map(|entries| {
             let n = entries.len();
             self.entries.store(Arc::new(entries));
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
             n
         });
         self.counters.record(&self.provider, started, &result);
@@ -325,6 +331,27 @@ impl LocalFeed {
 
     pub fn counters(&self) -> &ReloadCounters {
         &self.counters
+    }
+
+    /// Loads so far (see the field): read it before [`Self::domains`] and a change between the
+    /// two is caught at the next comparison.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A domain feed's entries (name and kind), in no particular order; `None` for IP feeds.
+    pub fn domains(&self) -> Option<Vec<crate::domainset::Pattern>> {
+        match &**self.entries.load() {
+            Entries::Domains(set) => Some(
+                set.iter()
+                    .map(|m| crate::domainset::Pattern {
+                        name: m.name.to_owned(),
+                        kind: m.kind,
+                    })
+                    .collect(),
+            ),
+            Entries::Ips(_) => None,
+        }
     }
 
     fn finding(&self) -> Finding {

@@ -34,6 +34,9 @@ pub struct Intel {
     pub verdicts: Option<Arc<VerdictCache>>,
     /// The local feeds, when one of them lists IPs (matched against query destinations).
     pub ip_feeds: Option<Arc<LocalFeeds>>,
+    /// Every local feed (blocking by resolution lists the domain feeds' names in the kernel;
+    /// retro-hunt looks back when they change). `None` when intel is off.
+    pub feeds: Option<Arc<LocalFeeds>>,
     /// What may leave for remote providers; `None` when no provider is configured.
     pub egress: Option<Arc<Egress>>,
     pub reloaders: Vec<Arc<dyn Reload>>,
@@ -55,6 +58,7 @@ pub fn build(trust: &TrustSection, intel: &IntelSection) -> Result<Intel, SetupE
             trust,
             verdicts: None,
             ip_feeds: None,
+            feeds: None,
             egress: None,
             reloaders,
         });
@@ -90,6 +94,7 @@ pub fn build(trust: &TrustSection, intel: &IntelSection) -> Result<Intel, SetupE
         trust,
         verdicts: Some(verdicts),
         ip_feeds,
+        feeds: Some(feeds),
         egress: Some(egress),
         reloaders,
     })

@@ -19,6 +19,19 @@ use crate::{
 
 use sensor_model::{query::Query, response::Response};
 
+/// Which clock a record's timestamp is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// The kernel's own (`ts_mono_ns` as the program wrote it); unanswered queries expire by
+    /// CLOCK_MONOTONIC now. The daemon.
+    Kernel,
+    /// Every record in the ring is from one frame of a capture, seen at this Unix time in
+    /// nanoseconds: it replaces the kernel's timestamp (which only says when the replay ran),
+    /// and pairing's clock is the capture's, so response times and the unanswered timeout
+    /// are what they were on the wire. `sensor replay`.
+    Capture(u64),
+}
+
 /// Takes every record currently in the ring buffer: queries go on as they are, responses
 /// paired with their query (see [`Pairing`]) and turned into the client-side view.
 pub fn drain(
@@ -27,6 +40,33 @@ pub fn drain(
     counters: &StageCounters,
     pairing: &mut Pairing,
 ) -> usize {
+    drain_stamped(ring, tx, counters, pairing, Stamp::Kernel)
+}
+
+/// [`drain`] with the timestamps of `stamp`.
+pub fn drain_stamped(
+    ring: &mut RingBuf<MapData>,
+    tx: &mpsc::Sender<Query>,
+    counters: &StageCounters,
+    pairing: &mut Pairing,
+    stamp: Stamp,
+) -> usize {
+    // In capture time the frame's moment is known before its records are read: queries older
+    // than the timeout at that moment were unanswered when this frame arrived, as they would
+    // have been live (where the reader expires them on its timer before the response comes).
+    let capture_ns = match stamp {
+        Stamp::Kernel => None,
+        Stamp::Capture(ns) => {
+            pairing.expire(ns);
+            Some(ns)
+        }
+    };
+    let restamp = |mut q: Query| {
+        if let Some(ns) = capture_ns {
+            q.ts_mono_ns = ns;
+        }
+        q
+    };
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;
@@ -34,10 +74,12 @@ pub fn drain(
         let record = decode::any(&item);
         drop(item);
         let event = match record {
-            Ok(decode::Record::Query(ev)) => Query::from_event(&ev).inspect(|q| pairing.query(q)),
+            Ok(decode::Record::Query(ev)) => Query::from_event(&ev)
+                .map(restamp)
+                .inspect(|q| pairing.query(q)),
             Ok(decode::Record::Response { head, info, msg }) => {
                 Response::from_parts(&head, &info, &msg).map(|r| {
-                    let view = r.into_query(None);
+                    let view = restamp(r.into_query(None));
                     match pairing.response(&view) {
                         Paired::Answered(ns) => with_duration(view, ns),
                         Paired::Unpaired => view,
@@ -58,7 +100,9 @@ pub fn drain(
             }
         }
     }
-    pairing.expire(mono_ns());
+    if capture_ns.is_none() {
+        pairing.expire(mono_ns());
+    }
     let c = pairing.take_counts();
     for (counter, v) in [
         (&counters.responses_paired, c.paired),

@@ -6,7 +6,7 @@
 //! offset differs by some hundred nanoseconds of jitter; a re-sync only moves the shared offset
 //! when it changed by more than [`STEP_NS`] (an NTP step or accumulated slew).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -15,6 +15,10 @@ const STEP_NS: i64 = 1_000_000;
 
 /// realtime − monotonic in ns; 0 until first set (no real clock is at the epoch of boot).
 static OFFSET_NS: AtomicI64 = AtomicI64::new(0);
+
+/// Set by [`WallClock::use_capture_time`]: the timestamps are Unix time already (a replayed
+/// capture's frame times), so the offset stays 0 and no re-sync moves it.
+static CAPTURE_TIME: AtomicBool = AtomicBool::new(false);
 
 #[expect(
     clippy::expect_used,
@@ -31,7 +35,7 @@ pub struct WallClock(());
 impl WallClock {
     pub fn new() -> Self {
         let c = Self(());
-        if OFFSET_NS.load(Ordering::Relaxed) == 0 {
+        if !CAPTURE_TIME.load(Ordering::Relaxed) && OFFSET_NS.load(Ordering::Relaxed) == 0 {
             c.resync();
         }
         c
@@ -39,6 +43,9 @@ impl WallClock {
 
     /// Reads the clocks again; moves the shared offset when the wall clock really changed.
     pub fn resync(&self) {
+        if CAPTURE_TIME.load(Ordering::Relaxed) {
+            return;
+        }
         let mono = ns(ClockId::CLOCK_MONOTONIC);
         let real = ns(ClockId::CLOCK_REALTIME);
         let fresh = real - mono;
@@ -46,6 +53,17 @@ impl WallClock {
         if old == 0 || (fresh - old).abs() > STEP_NS {
             OFFSET_NS.store(fresh, Ordering::Relaxed);
         }
+    }
+
+    /// For the whole process: every timestamp handed to [`WallClock::unix_ns`] is already Unix
+    /// time in nanoseconds. `sensor replay` stamps each record with its frame's capture time
+    /// (the kernel's clock says when the replay ran, not when the packet was seen); with this
+    /// every stage that turns a timestamp into a date (the documents, the enricher's first and
+    /// last seen, the passive DNS days) uses the capture's time unchanged. Call it before any
+    /// stage starts; it is never undone.
+    pub fn use_capture_time() {
+        CAPTURE_TIME.store(true, Ordering::Relaxed);
+        OFFSET_NS.store(0, Ordering::Relaxed);
     }
 
     /// Unix time in nanoseconds of a `bpf_ktime_get_ns()` value.

@@ -17,6 +17,10 @@ pub struct PdnsSection {
     pub path: PathBuf,
     /// Days kept, today included; older days are dropped by the daily prune.
     pub retention_days: u32,
+    /// Retro-hunt: when a name turns malicious later (a domain feed gains it, a verdict says
+    /// so, the operator lists it in `blocklist.resolved.names`), every client the store saw
+    /// resolving it within `retention_days` gets a backdated alert (needs `[alerts]`).
+    pub retro_hunt: bool,
 }
 
 impl Default for PdnsSection {
@@ -25,6 +29,7 @@ impl Default for PdnsSection {
             enabled: true,
             path: PathBuf::from(sensor_model::paths::PDNS_STORE),
             retention_days: 30,
+            retro_hunt: true,
         }
     }
 }

@@ -8,7 +8,10 @@ use sensor_common::{AllowValue, BlockValue};
 
 use crate::config::Config;
 
-use sensor_blocklist::publish::{self, KernelTarget};
+use sensor_blocklist::{
+    publish::{self, KernelTarget},
+    resolved::{intel::ResolvedIntel, unlisted::UnlistedFileAt},
+};
 use sensor_kernel::lists::PrefixMap;
 
 use sensor_model::reload::{Reload, ReloadCounters, ReloadError};
@@ -41,17 +44,153 @@ pub fn install(
 /// stops acting). Returns how many names are listed.
 pub fn install_resolved(config: &Config, pin_dir: &std::path::Path) -> anyhow::Result<usize> {
     use sensor_kernel::lists::resolved::ResolvedMaps;
+    protect_resolved(config, pin_dir)?;
+    let section = &config.blocklist.resolved;
+    let mut maps = ResolvedMaps::open_pinned(pin_dir)?;
+    let listings = if section.enabled {
+        let mut l = section.listings();
+        // Names listed on a verdict by an earlier run (kept maps) stay until their expiry: the
+        // worker takes them over; the feeds' are listed again by the worker from the files.
+        l.extend(kept_verdicts(&maps)?);
+        l
+    } else {
+        Vec::new()
+    };
+    Ok(maps.set_names(&listings)?)
+}
+
+/// The unexpired verdict listings in BAD_NAMES (whole names only: a name cut to the text
+/// BAD_NAMES keeps cannot be listed again and is left to lapse).
+fn kept_verdicts(
+    maps: &sensor_kernel::lists::resolved::ResolvedMaps,
+) -> anyhow::Result<Vec<sensor_kernel::lists::resolved::Listing>> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+    Ok(maps
+        .names()?
+        .into_iter()
+        .filter(|n| {
+            n.sources.contains(&"verdict") && n.expires_unix > now && !n.name.ends_with('…')
+        })
+        .map(|n| sensor_kernel::lists::resolved::Listing {
+            name: n.name,
+            expires_unix: n.expires_unix,
+            exact: n.exact,
+            source: sensor_common::resolved::NAME_FROM_VERDICT,
+        })
+        .collect())
+}
+
+/// Starts blocking by resolution's worker (names from the feeds and the verdicts, the answer
+/// fallback) and retro-hunt, when either is on: blocking needs `blocklist.resolved.enabled`;
+/// retro-hunt needs `pdns.retro_hunt`, the passive DNS store and an alerter. `None` when neither
+/// runs.
+pub fn start_resolved_intel(
+    config: &Config,
+    pin_dir: &std::path::Path,
+    intel: &sensor_intel::setup::Intel,
+    hunter: Option<sensor_outputs::sink::pdns::Hunter>,
+    alerts: Option<std::sync::Arc<dyn sensor_intel::enrich::HitSink>>,
+) -> anyhow::Result<Option<std::sync::Arc<ResolvedIntel>>> {
+    use sensor_blocklist::resolved::intel::{Retro, Settings};
+    let section = &config.blocklist.resolved;
+    let retro = match (config.pdns.retro_hunt, hunter, alerts) {
+        (true, Some(hunter), Some(alerts)) => Some(Retro {
+            hunter,
+            alerts,
+            window_secs: i64::from(config.pdns.retention_days) * 86_400,
+        }),
+        (true, None, _) if config.capture.responses => {
+            tracing::info!("retro-hunt is off: the passive DNS store is off (`pdns.enabled`)");
+            None
+        }
+        (true, Some(_), None) => {
+            tracing::info!(
+                "retro-hunt is off: no alert channel (`[alerts]`) to send its alerts to"
+            );
+            None
+        }
+        _ => None,
+    };
+    if !section.enabled && retro.is_none() {
+        return Ok(None);
+    }
+    let maps = if section.enabled {
+        Some(sensor_kernel::lists::resolved::ResolvedMaps::open_pinned(
+            pin_dir,
+        )?)
+    } else {
+        None
+    };
+    let hunting = retro.is_some();
+    let (worker, listed) = ResolvedIntel::start(Settings {
+        maps,
+        min_secs: section.min_secs,
+        max_secs: section.max_secs,
+        from_feeds: section.feeds,
+        from_verdicts: section.verdicts,
+        verdict_secs: section.verdict_secs,
+        operator: if section.enabled {
+            section.listings()
+        } else {
+            Vec::new()
+        },
+        feeds: intel.feeds.clone(),
+        verdicts: intel.verdicts.clone(),
+        unlisted: UnlistedFileAt::new(&config.blocklist.policy.state_dir),
+        retro,
+        runtime: tokio::runtime::Handle::current(),
+    })?;
+    tracing::info!(
+        blocking = section.enabled,
+        retro_hunt = hunting,
+        listed,
+        "blocking by resolution: names from the config, the feeds and the verdicts"
+    );
+    Ok(Some(std::sync::Arc::new(worker)))
+}
+
+/// DEST_PROTECT as the rules have it now (protected addresses, operator decisions), removing
+/// the destinations it covers and lapsed ones.
+fn protect_resolved(config: &Config, pin_dir: &std::path::Path) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let rules =
         sensor_blocklist::publish::Rules::current(&config.blocklist, &config.rule_inputs(), now)?;
     sensor_blocklist::resolved::sync(pin_dir, &rules.never.hard_holes(), now.max(0) as u64)?;
-    let section = &config.blocklist.resolved;
-    let listings = if section.enabled {
-        section.listings()
+    Ok(())
+}
+
+/// The kernel lists of a private program that nobody else sees (`sensor replay`): the same
+/// entries [`install`] and [`install_resolved`] put in the daemon's maps (client allowlist,
+/// the stored blocklist re-planned with today's rules plus `blocklist.entries`, the protected
+/// addresses and listed names of blocking by resolution), computed without writing anything:
+/// no state, EDL or export file, no state lock. Returns how many entries each list holds.
+pub fn install_private(
+    config: &Config,
+    allow: &mut PrefixMap<AllowValue>,
+    block: &mut PrefixMap<BlockValue>,
+    resolved: &mut sensor_kernel::lists::resolved::ResolvedMaps,
+) -> anyhow::Result<(usize, usize, usize)> {
+    use sensor_blocklist::{publish, store::Store};
+    let allowed = config.client_allow();
+    allow.replace_all(&allowed)?;
+    let now = time::OffsetDateTime::now_utc();
+    let section = &config.blocklist;
+    let rules = publish::Rules::current(section, &config.rule_inputs(), now.unix_timestamp())?;
+    // Read only: the state file is replaced by rename, so a read never sees half of one.
+    let store = Store::load(&section.policy.state_dir)?;
+    let entries = store
+        .plan(now, &[], &rules.never, &section.policy, true)
+        .map(|p| p.kernel_entries())
+        .unwrap_or_else(|_| store.entries().map(|e| e.kernel_entry()).collect());
+    let (always, _) = publish::static_entries(section, &rules.never);
+    let installed = sensor_kernel::lists::blocklist::install_into(block, &entries, &always)?;
+    resolved.set_protected(&rules.never.hard_holes())?;
+    let names = if section.resolved.enabled {
+        resolved.set_names(&section.resolved.listings())?
     } else {
-        Vec::new()
+        0
     };
-    Ok(ResolvedMaps::open_pinned(pin_dir)?.set_names(&listings)?)
+    Ok((allowed.len(), installed.total, names))
 }
 
 /// Re-reads the config file on SIGHUP and installs its kernel lists.
@@ -66,6 +205,9 @@ pub struct KernelLists {
     /// The rules the sweep, the nightly run and the EDL check apply: updated with what was
     /// installed, so they keep it rather than the start's.
     live: sensor_blocklist::daemon::Live,
+    /// Blocking by resolution's worker, which owns the names when it runs (the operator's are
+    /// handed to it, so the feeds' and the verdicts' stay listed).
+    resolved: Option<std::sync::Arc<ResolvedIntel>>,
     pub counters: ReloadCounters,
 }
 
@@ -84,6 +226,7 @@ impl KernelLists {
         allow: PrefixMap<AllowValue>,
         block: PrefixMap<BlockValue>,
         live: sensor_blocklist::daemon::Live,
+        resolved: Option<std::sync::Arc<ResolvedIntel>>,
     ) -> Self {
         Self {
             pin_dir: started_with.pin_dir(),
@@ -91,6 +234,7 @@ impl KernelLists {
             started_with,
             maps: Mutex::new((allow, block)),
             live,
+            resolved,
             counters: ReloadCounters::default(),
         }
     }
@@ -118,8 +262,16 @@ impl KernelLists {
         // they are baked into the program).
         let mut names_cfg = new.clone();
         names_cfg.blocklist.resolved.enabled = self.started_with.blocklist.resolved.enabled;
-        let n = install_resolved(&names_cfg, &self.pin_dir)
-            .map_err(|e| ReloadError::Other(e.into()))?;
+        let n = match &self.resolved {
+            Some(worker) if names_cfg.blocklist.resolved.enabled => {
+                protect_resolved(&names_cfg, &self.pin_dir)
+                    .map_err(|e| ReloadError::Other(e.into()))?;
+                worker.operator(names_cfg.blocklist.resolved.listings());
+                names_cfg.blocklist.resolved.names.len()
+            }
+            _ => install_resolved(&names_cfg, &self.pin_dir)
+                .map_err(|e| ReloadError::Other(e.into()))?,
+        };
         let (entries, rules) = (new.blocklist.entries.clone(), new.rule_inputs());
         self.live.rcu(|ctx| {
             let mut ctx = (**ctx).clone();

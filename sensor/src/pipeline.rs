@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{Ebpf, maps::MapData};
-use sensor_blocklist::{daemon, edl};
+use sensor_blocklist::{daemon, edl, resolved::intel::ResolvedIntel};
 use sensor_intel::{
     enrich::{EnrichCounters, Enricher, HitSink},
     inventory::{Inventory, InventoryReload},
@@ -57,7 +57,7 @@ use sensor_outputs::{
     httpd::{Gate, ServerThread},
     metrics::{Health, Sources},
     output::JsonLines,
-    sink::{Fanout, Sink, elastic::ElasticSink},
+    sink::{Fanout, Sink, elastic::ElasticSink, pdns::Hunter},
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -71,10 +71,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A bounded queue between two stages, with the name its depth is reported under
 /// (`queue_depth{queue="..."}`).
-struct Queue<T> {
-    name: &'static str,
-    tx: mpsc::Sender<T>,
-    rx: mpsc::Receiver<T>,
+pub(crate) struct Queue<T> {
+    pub name: &'static str,
+    pub tx: mpsc::Sender<T>,
+    pub rx: mpsc::Receiver<T>,
 }
 
 impl<T: Send + 'static> Queue<T> {
@@ -273,7 +273,19 @@ impl Pipeline {
             "sensor attached"
         );
 
-        let intel = sensor_intel::setup::build(&config.trust, &config.intel)?;
+        let Stages {
+            intel,
+            inventory,
+            alerter,
+            enricher,
+            enrich_counters,
+            stage_counters,
+            fanout,
+            mut sources,
+            to_enrich,
+            to_sinks,
+            resolved,
+        } = build_stages(config, &interfaces, Some(&pin_dir))?;
         let mut reloaders = intel.reloaders.clone();
         let live: daemon::Live = Arc::new(arc_swap::ArcSwap::from_pointee(config.job_context()));
         if let Some(file) = config_file {
@@ -283,11 +295,9 @@ impl Pipeline {
                 maps.client_allow,
                 maps.blocklist,
                 live.clone(),
+                resolved,
             )));
         }
-        let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
-            config.alerts.load_inventory()?,
-        ));
         if let Some(path) = &config.alerts.inventory {
             reloaders.push(Arc::new(InventoryReload {
                 path: path.clone(),
@@ -295,11 +305,6 @@ impl Pipeline {
                 counters: Default::default(),
             }));
         }
-        let alerter = if config.alerts.wecom.is_empty() && config.alerts.webhook.is_empty() {
-            None
-        } else {
-            Some(Alerter::spawn(&config.alerts, inventory.clone())?)
-        };
         let servers = ServerThread::start().context("starting the HTTP server thread")?;
         let (edl_stop, edl_stop_rx) = oneshot::channel::<()>();
         let edl = {
@@ -351,36 +356,6 @@ impl Pipeline {
             }
         }
         let nightly = config.blocklist.schedule.enabled;
-
-        let enrich_counters = Arc::new(EnrichCounters::default());
-        let enricher = Enricher {
-            settings: config.intel.enrich_settings(),
-            trust: intel.trust.clone(),
-            verdicts: intel.verdicts.clone(),
-            ip_feeds: intel.ip_feeds.clone(),
-            egress: intel.egress.clone(),
-            hits: alerter.as_ref().map(|a| {
-                Arc::new(AlertHits {
-                    submitter: a.submitter(),
-                    sensor: config.sensor.name.clone(),
-                }) as Arc<dyn HitSink>
-            }),
-            counters: enrich_counters.clone(),
-        };
-
-        let stage_counters = Arc::new(StageCounters::default());
-        let mut sources = Sources::default();
-        let queue_size = config.output.queue_size;
-        let to_enrich = Queue::new("reader_to_enrich", queue_size, &mut sources);
-        let to_sinks = Queue::new("enrich_to_sinks", queue_size, &mut sources);
-        let sinks = build_sinks(
-            config,
-            &interfaces,
-            &inventory,
-            &stage_counters,
-            &mut sources,
-        )?;
-        let fanout = Fanout::new(sinks);
 
         telemetry::kernel(&mut sources, pin_dir.clone());
         if config.blocklist.export.any() {
@@ -705,6 +680,119 @@ fn health_checks(
     h
 }
 
+/// The stages after the ring-buffer reader, built from the config: intel, the inventory and
+/// alerts, the enricher, and the sinks behind their fan-out, with the queues that connect them
+/// and their counters. The daemon and `sensor replay` both build them here, so a replayed
+/// capture goes through exactly the stages live traffic does.
+pub(crate) struct Stages {
+    pub intel: Intel,
+    pub inventory: Arc<arc_swap::ArcSwap<Inventory>>,
+    pub alerter: Option<Alerter>,
+    pub enricher: Enricher,
+    pub enrich_counters: Arc<EnrichCounters>,
+    pub stage_counters: Arc<StageCounters>,
+    pub fanout: Fanout,
+    /// The queues' depth gauges (the caller adds the rest of its metrics).
+    pub sources: Sources,
+    pub to_enrich: Queue<Query>,
+    pub to_sinks: Queue<Enriched>,
+    /// Blocking by resolution's worker (names from the intel, the answer fallback, retro-hunt),
+    /// when it runs.
+    pub resolved: Option<Arc<ResolvedIntel>>,
+}
+
+/// Builds [`Stages`]; `interfaces` names the ifindexes the records carry (for the documents).
+/// `pin_dir` is where the daemon pinned its maps: blocking by resolution's worker and retro-hunt
+/// run on them (`None`, `sensor replay`: neither runs; a capture's past is not today's network).
+pub(crate) fn build_stages(
+    config: &Config,
+    interfaces: &HashMap<u32, String>,
+    pin_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Stages> {
+    let intel = sensor_intel::setup::build(&config.trust, &config.intel)?;
+    let inventory = Arc::new(arc_swap::ArcSwap::from_pointee(
+        config.alerts.load_inventory()?,
+    ));
+    let alerter = if config.alerts.wecom.is_empty() && config.alerts.webhook.is_empty() {
+        None
+    } else {
+        Some(Alerter::spawn(&config.alerts, inventory.clone())?)
+    };
+    let stage_counters = Arc::new(StageCounters::default());
+    let mut sources = Sources::default();
+    let queue_size = config.output.queue_size;
+    let to_enrich = Queue::new("reader_to_enrich", queue_size, &mut sources);
+    let to_sinks = Queue::new("enrich_to_sinks", queue_size, &mut sources);
+    let (mut sinks, hunter) = build_sinks(
+        config,
+        interfaces,
+        &inventory,
+        &stage_counters,
+        &mut sources,
+    )?;
+    let alert_hits = alerter.as_ref().map(|a| {
+        Arc::new(AlertHits {
+            submitter: a.submitter(),
+            sensor: config.sensor.name.clone(),
+        }) as Arc<dyn HitSink>
+    });
+    // Blocking by resolution's names from the intel, and retro-hunt: one worker, fed by a sink
+    // (answers; first, so a late block is as early as it can be) and a tee on the hits
+    // (malicious names).
+    let resolved = match pin_dir {
+        Some(dir) => crate::kernel_lists::start_resolved_intel(
+            config,
+            dir,
+            &intel,
+            hunter,
+            alert_hits.clone(),
+        )?,
+        None => None,
+    };
+    let hits = match &resolved {
+        Some(r) => {
+            sinks.insert(
+                0,
+                Arc::new(sensor_blocklist::resolved::sink::ResolvedSink {
+                    intel: r.clone(),
+                    clock: sensor_model::clock::WallClock::new(),
+                }),
+            );
+            Some(Arc::new(sensor_blocklist::resolved::sink::VerdictTee {
+                alerts: alert_hits,
+                intel: r.clone(),
+            }) as Arc<dyn HitSink>)
+        }
+        None => alert_hits,
+    };
+    let enrich_counters = Arc::new(EnrichCounters::default());
+    let enricher = Enricher {
+        settings: config.intel.enrich_settings(),
+        trust: intel.trust.clone(),
+        verdicts: intel.verdicts.clone(),
+        ip_feeds: intel.ip_feeds.clone(),
+        egress: intel.egress.clone(),
+        hits,
+        counters: enrich_counters.clone(),
+    };
+    Ok(Stages {
+        intel,
+        inventory,
+        alerter,
+        enricher,
+        enrich_counters,
+        stage_counters,
+        fanout: Fanout::new(sinks),
+        sources,
+        to_enrich,
+        to_sinks,
+        resolved,
+    })
+}
+
+/// The sinks in fan-out order, and the passive DNS store's retro-hunt handle when it runs.
+type Sinks = (Vec<Arc<dyn Sink>>, Option<Hunter>);
+
 /// The sinks in fan-out order: Kafka, Elasticsearch, then the JSON-lines output.
 fn build_sinks(
     config: &Config,
@@ -712,9 +800,10 @@ fn build_sinks(
     inventory: &Arc<arc_swap::ArcSwap<Inventory>>,
     stage_counters: &Arc<StageCounters>,
     sources: &mut Sources,
-) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+) -> anyhow::Result<Sinks> {
     let observer = &config.sensor.name;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut hunter = None;
     if let Some(k) = &config.kafka {
         #[cfg(feature = "kafka")]
         sinks.push(Arc::new(sensor_outputs::sink::kafka::KafkaSink::start(
@@ -739,9 +828,9 @@ fn build_sinks(
     }
     // Answers into the passive DNS store (opened at the first one).
     if config.pdns.enabled && config.capture.responses {
-        sinks.push(Arc::new(sensor_outputs::sink::pdns::PdnsSink::start(
-            &config.pdns,
-        )?));
+        let sink = sensor_outputs::sink::pdns::PdnsSink::start(&config.pdns)?;
+        hunter = sink.hunter();
+        sinks.push(Arc::new(sink));
     }
     if sensor_outputs::output::stdout_is_unwanted_journal(&config.output) {
         tracing::warn!(
@@ -749,7 +838,7 @@ fn build_sinks(
              written (every query would go to the journal); set output.kind = \"file\", or \
              output.journal = true to write them there anyway"
         );
-        return Ok(sinks);
+        return Ok((sinks, hunter));
     }
     let output = JsonLines::start(
         &config.output,
@@ -760,7 +849,7 @@ fn build_sinks(
     .context("opening the output")?;
     telemetry::queue(sources, "sinks_to_output", output.queue());
     sinks.push(Arc::new(output));
-    Ok(sinks)
+    Ok((sinks, hunter))
 }
 
 /// The running stages.

@@ -25,7 +25,8 @@ use ipnet::IpNet;
 use sensor_common::{
     LpmAddr, map_names,
     resolved::{
-        DestValue, NAME_EXACT, NAME_FILTER_WORDS, NAME_TEXT_LEN, NameKey, NameValue, ProtectValue,
+        DestValue, NAME_EXACT, NAME_FILTER_WORDS, NAME_FROM_CONFIG, NAME_FROM_FEED,
+        NAME_FROM_VERDICT, NAME_SOURCES, NAME_TEXT_LEN, NameKey, NameValue, ProtectValue,
         name_filter_bit, wire_key,
     },
 };
@@ -71,6 +72,61 @@ pub struct Listing {
     pub expires_unix: u64,
     /// The name only, not the names under it.
     pub exact: bool,
+    /// Why it is listed: `NAME_FROM_*` bits (several when several sources list it).
+    pub source: u64,
+}
+
+/// One listed name, as `sensor blocklist resolved` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listed {
+    /// The text as BAD_NAMES keeps it (cut at 40 bytes, with `…`).
+    pub name: String,
+    pub exact: bool,
+    /// 0: never.
+    pub expires_unix: u64,
+    /// Responses the program acted on.
+    pub hits: u64,
+    /// `config`, `feed`, `verdict` (each source that lists it).
+    pub sources: Vec<&'static str>,
+}
+
+/// The names of the `NAME_FROM_*` bits set in `flags`.
+pub fn source_names(flags: u64) -> Vec<&'static str> {
+    [
+        (NAME_FROM_CONFIG, "config"),
+        (NAME_FROM_FEED, "feed"),
+        (NAME_FROM_VERDICT, "verdict"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, n)| n)
+    .collect()
+}
+
+/// A destination userspace blocks itself (an answer the program did not act on: its name was
+/// listed after the answer passed, or only a CNAME target in its chain is listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestBlock {
+    pub address: IpAddr,
+    /// The listed name the block is for (its key goes into the entry, so `sensor blocklist
+    /// resolved` names it and `unlist` removes it).
+    pub name: String,
+    pub client: IpAddr,
+    pub ttl: u32,
+    /// Unix seconds.
+    pub expires_unix: u64,
+}
+
+/// What [`ResolvedMaps::block`] did with each destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockOutcome {
+    pub inserted: usize,
+    /// Already blocked (the program or an earlier call did it): expiry extended if later.
+    pub refreshed: usize,
+    /// Covered by DEST_PROTECT: never blocked.
+    pub protected: usize,
+    /// DEST_BLOCK is full.
+    pub full: usize,
 }
 
 /// One blocked destination, as `sensor blocklist resolved` shows it.
@@ -125,6 +181,33 @@ pub fn key_of_addr(ip: IpAddr) -> LpmAddr {
         IpAddr::V4(v4) => sensor_common::ipv4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// NAME_FILTER's words with the bits of `keys` set.
+fn filter_words(keys: impl Iterator<Item = NameKey>) -> Vec<u64> {
+    let mut words = vec![0u64; NAME_FILTER_WORDS as usize];
+    for k in keys {
+        let bit = name_filter_bit(k);
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    words
+}
+
+/// A BAD_NAMES value: `old`'s hit count kept.
+fn name_value(
+    old: Option<NameValue>,
+    text: &str,
+    expires: u64,
+    exact: bool,
+    source: u64,
+) -> NameValue {
+    let mut v = old.unwrap_or_default();
+    v.expires_unix = expires;
+    v.flags = if exact { NAME_EXACT } else { 0 } | (source & NAME_SOURCES);
+    v.name = [0; NAME_TEXT_LEN];
+    let n = text.len().min(NAME_TEXT_LEN);
+    v.name[..n].copy_from_slice(&text.as_bytes()[..n]);
+    v
 }
 
 fn text_of(v: &NameValue) -> String {
@@ -225,7 +308,7 @@ impl ResolvedMaps {
         for l in wanted {
             let (text, wire) =
                 wire_form(&l.name).ok_or_else(|| ResolvedError::BadName(l.name.clone()))?;
-            parsed.push((text, wire, l.expires_unix, l.exact));
+            parsed.push((text, wire, l.expires_unix, l.exact, l.source));
         }
         let capacity = sensor_common::resolved::BAD_NAMES_CAPACITY as usize;
         if parsed.len() > capacity {
@@ -239,13 +322,15 @@ impl ResolvedMaps {
             return Ok(0);
         }
         let base = self.base()?;
-        let mut keys: StdHashMap<NameKey, (String, u64, bool)> = StdHashMap::new();
-        for (text, wire, expires, exact) in parsed {
-            // A name listed twice: the wider listing (suffix over exact, later expiry) wins.
+        let mut keys: StdHashMap<NameKey, (String, u64, bool, u64)> = StdHashMap::new();
+        for (text, wire, expires, exact, source) in parsed {
+            // A name listed twice: the wider listing (suffix over exact, later expiry) wins,
+            // and it keeps every source.
             let e = keys
                 .entry(wire_key(&wire, base))
-                .or_insert((text, expires, exact));
+                .or_insert((text, expires, exact, source));
             e.2 &= exact;
+            e.3 |= source;
             if e.1 != 0 && (expires == 0 || expires > e.1) {
                 e.1 = expires;
             }
@@ -258,35 +343,17 @@ impl ResolvedMaps {
                     .map_err(map_err(map_names::BAD_NAMES))?;
             }
         }
-        let mut words = vec![0u64; NAME_FILTER_WORDS as usize];
-        for k in keys.keys() {
-            let bit = name_filter_bit(*k);
-            words[(bit >> 6) as usize] |= 1 << (bit & 63);
-        }
+        let words = filter_words(keys.keys().copied());
         // Bits first (added to the ones in place), then the names, then the exact filter.
-        for (i, w) in words.iter().enumerate() {
-            if *w != 0 {
-                let old = self
-                    .filter
-                    .get(&(i as u32), 0)
-                    .map_err(map_err(map_names::NAME_FILTER))?;
-                if old | w != old {
-                    self.filter
-                        .set(i as u32, old | w, 0)
-                        .map_err(map_err(map_names::NAME_FILTER))?;
-                }
+        self.add_filter_bits(&words)?;
+        for (k, (text, expires, exact, source)) in &keys {
+            let old = self.names.get(k, 0).ok();
+            let v = name_value(old, text, *expires, *exact, *source);
+            if Some(v) != old {
+                self.names
+                    .insert(k, v, 0)
+                    .map_err(map_err(map_names::BAD_NAMES))?;
             }
-        }
-        for (k, (text, expires, exact)) in &keys {
-            let mut v = self.names.get(k, 0).unwrap_or_default();
-            v.expires_unix = *expires;
-            v.flags = if *exact { NAME_EXACT } else { 0 };
-            v.name = [0; NAME_TEXT_LEN];
-            let n = text.len().min(NAME_TEXT_LEN);
-            v.name[..n].copy_from_slice(&text.as_bytes()[..n]);
-            self.names
-                .insert(k, v, 0)
-                .map_err(map_err(map_names::BAD_NAMES))?;
         }
         for (i, w) in words.iter().enumerate() {
             let old = self
@@ -302,15 +369,184 @@ impl ResolvedMaps {
         Ok(keys.len())
     }
 
-    /// The listed names (text as kept, expiry, hits), sorted by name.
-    pub fn names(&self) -> Result<Vec<(String, u64, u64)>, ResolvedError> {
-        let mut out: Vec<(String, u64, u64)> = self
+    fn add_filter_bits(&mut self, words: &[u64]) -> Result<(), ResolvedError> {
+        for (i, w) in words.iter().enumerate() {
+            if *w != 0 {
+                let old = self
+                    .filter
+                    .get(&(i as u32), 0)
+                    .map_err(map_err(map_names::NAME_FILTER))?;
+                if old | w != old {
+                    self.filter
+                        .set(i as u32, old | w, 0)
+                        .map_err(map_err(map_names::NAME_FILTER))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists `adding` beside what is listed (nothing is removed): a name already listed keeps
+    /// its hits and gains the new source, and the later expiry (0, never, wins). For the
+    /// verdicts that arrive one at a time, where [`Self::set_names`] would rewrite every entry.
+    /// Returns how many names were not listed before.
+    pub fn add_names(&mut self, adding: &[Listing]) -> Result<usize, ResolvedError> {
+        if adding.is_empty() {
+            return Ok(0);
+        }
+        let base = self.base()?;
+        let mut parsed = Vec::with_capacity(adding.len());
+        for l in adding {
+            let (text, wire) =
+                wire_form(&l.name).ok_or_else(|| ResolvedError::BadName(l.name.clone()))?;
+            parsed.push((wire_key(&wire, base), text, l));
+        }
+        self.add_filter_bits(&filter_words(parsed.iter().map(|p| p.0)))?;
+        let mut new = 0;
+        for (k, text, l) in parsed {
+            let old = self.names.get(&k, 0).ok();
+            let v = match old {
+                Some(o) => {
+                    let expires = if o.expires_unix == 0 || l.expires_unix == 0 {
+                        0
+                    } else {
+                        o.expires_unix.max(l.expires_unix)
+                    };
+                    let exact = o.flags & NAME_EXACT != 0 && l.exact;
+                    name_value(
+                        Some(o),
+                        &text,
+                        expires,
+                        exact,
+                        (o.flags & NAME_SOURCES) | l.source,
+                    )
+                }
+                None => {
+                    new += 1;
+                    name_value(None, &text, l.expires_unix, l.exact, l.source)
+                }
+            };
+            if Some(v) != old {
+                match self.names.insert(k, v, 0) {
+                    Ok(()) => {}
+                    Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(7) => {
+                        // E2BIG: the map is full.
+                        return Err(ResolvedError::OverCapacity {
+                            map: map_names::BAD_NAMES,
+                            wanted: self.names.keys().count() + 1,
+                            capacity: sensor_common::resolved::BAD_NAMES_CAPACITY as usize,
+                        });
+                    }
+                    Err(e) => return Err(map_err(map_names::BAD_NAMES)(e)),
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Takes `name` off BAD_NAMES (its exact and suffix listing alike: one key) and removes the
+    /// destinations blocked for it: the operator's name-level undo.
+    pub fn remove_name(&mut self, name: &str) -> Result<Removed, ResolvedError> {
+        let (_, wire) = wire_form(name).ok_or_else(|| ResolvedError::BadName(name.to_owned()))?;
+        let base = self.current_base()?;
+        if base == 0 {
+            return Ok(Removed::default());
+        }
+        let key = wire_key(&wire, base);
+        let mut removed = Removed::default();
+        match self.names.remove(&key) {
+            Ok(()) => removed.names = 1,
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(map_names::BAD_NAMES)(e)),
+        }
+        let keys: Vec<LpmAddr> = self
+            .dest
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.name_key == key)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            if self.dest.remove(&k).is_ok() {
+                removed.destinations += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The key BAD_NAMES has (or would have) for `name`; `None` before anything was listed.
+    pub fn key_of_name(&self, name: &str) -> Result<Option<NameKey>, ResolvedError> {
+        let (_, wire) = wire_form(name).ok_or_else(|| ResolvedError::BadName(name.to_owned()))?;
+        let base = self.current_base()?;
+        Ok((base != 0).then(|| wire_key(&wire, base)))
+    }
+
+    /// Whether `ip` is covered by DEST_PROTECT (the trie's longest-prefix lookup).
+    pub fn is_protected(&self, ip: IpAddr) -> bool {
+        let key = aya::maps::lpm_trie::Key::new(128, key_of_addr(ip));
+        self.protect.get(&key, 0).is_ok()
+    }
+
+    /// Puts destinations into DEST_BLOCK from userspace, as the program would have: never a
+    /// protected one; one already blocked keeps its counts and gets the later expiry.
+    pub fn block(&mut self, wanted: &[DestBlock], now: u64) -> Result<BlockOutcome, ResolvedError> {
+        let mut out = BlockOutcome::default();
+        for d in wanted {
+            if self.is_protected(d.address) {
+                out.protected += 1;
+                continue;
+            }
+            let key = key_of_addr(d.address);
+            let name_key = self.key_of_name(&d.name)?.unwrap_or(0);
+            let v = match self.dest.get(&key, 0) {
+                Ok(mut v) if v.expires_unix > now => {
+                    out.refreshed += 1;
+                    if d.expires_unix <= v.expires_unix {
+                        continue;
+                    }
+                    v.expires_unix = d.expires_unix;
+                    v
+                }
+                _ => {
+                    out.inserted += 1;
+                    DestValue {
+                        packets: 0,
+                        expires_unix: d.expires_unix,
+                        set_unix: now,
+                        name_key,
+                        client: key_of_addr(d.client),
+                        ttl: d.ttl,
+                        responses: 1,
+                    }
+                }
+            };
+            match self.dest.insert(key, v, 0) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(7) => {
+                    out.inserted -= 1;
+                    out.full += 1;
+                }
+                Err(e) => return Err(map_err(map_names::DEST_BLOCK)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The listed names, sorted by name.
+    pub fn names(&self) -> Result<Vec<Listed>, ResolvedError> {
+        let mut out: Vec<Listed> = self
             .names
             .iter()
             .filter_map(Result::ok)
-            .map(|(_, v)| (text_of(&v), v.expires_unix, v.hits))
+            .map(|(_, v)| Listed {
+                name: text_of(&v),
+                exact: v.flags & NAME_EXACT != 0,
+                expires_unix: v.expires_unix,
+                hits: v.hits,
+                sources: source_names(v.flags),
+            })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 

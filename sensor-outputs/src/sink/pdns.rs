@@ -17,7 +17,9 @@ use std::{
 
 use futures::future::BoxFuture;
 use sensor_model::clock::WallClock;
-use sensor_pdns::{Answer, AnswerData, Batch, Observation, Retention, Store, config::PdnsSection};
+use sensor_pdns::{
+    Answer, AnswerData, Batch, Observation, Resolved, Retention, Store, config::PdnsSection,
+};
 
 use super::{Drops, SharedEvent, Sink, SinkError};
 use crate::metrics::Metric;
@@ -36,8 +38,68 @@ struct Counters {
     dropped: Drops,
 }
 
+/// What the writer thread takes: observations, and retro-hunt questions. A question is
+/// answered after the observations queued before it are committed, so it sees every answer
+/// the sink was offered before the name turned malicious.
+enum Msg {
+    Observation(Observation),
+    Hunt(Hunt),
+}
+
+/// Retro-hunt: the clients that resolved any of these names since `since` (Unix seconds).
+struct Hunt {
+    /// `(name, exact)`: `exact` keeps the name itself, else its subdomains are included.
+    names: Vec<(String, bool)>,
+    since: i64,
+    reply: mpsc::SyncSender<Result<Vec<Resolved>, String>>,
+}
+
+/// Asks the passive DNS writer who resolved a name (retro-hunt). Cheap to clone.
+#[derive(Clone)]
+pub struct Hunter {
+    tx: SyncSender<Msg>,
+}
+
+impl std::fmt::Debug for Hunter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hunter").finish_non_exhaustive()
+    }
+}
+
+/// Why a retro-hunt question got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HuntError {
+    #[error("the passive DNS writer has stopped")]
+    Stopped,
+    #[error("passive DNS store: {0}")]
+    Store(String),
+}
+
+impl Hunter {
+    /// Every (client, name, first seen, last seen, count) for `names` seen at or after
+    /// `since`. Blocks until the writer has committed what was queued before and answered:
+    /// call it from a blocking thread.
+    pub fn clients_of(
+        &self,
+        names: Vec<(String, bool)>,
+        since: i64,
+    ) -> Result<Vec<Resolved>, HuntError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Hunt(Hunt {
+                names,
+                since,
+                reply,
+            }))
+            .map_err(|_| HuntError::Stopped)?;
+        rx.recv()
+            .map_err(|_| HuntError::Stopped)?
+            .map_err(HuntError::Store)
+    }
+}
+
 pub struct PdnsSink {
-    tx: Mutex<Option<SyncSender<Observation>>>,
+    tx: Mutex<Option<SyncSender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
     clock: WallClock,
@@ -68,6 +130,12 @@ impl PdnsSink {
             counters,
             clock: WallClock::new(),
         })
+    }
+
+    /// The retro-hunt handle (`None` once the sink has shut down).
+    pub fn hunter(&self) -> Option<Hunter> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        tx.as_ref().map(|tx| Hunter { tx: tx.clone() })
     }
 }
 
@@ -105,7 +173,7 @@ fn observation(e: &SharedEvent, clock: &WallClock) -> Option<Observation> {
 
 /// The writer thread: gathers observations, commits every [`COMMIT_EVERY`], prunes once a day,
 /// and commits what it holds when the queue closes.
-fn write(rx: mpsc::Receiver<Observation>, path: PathBuf, retention: Retention, c: &Counters) {
+fn write(rx: mpsc::Receiver<Msg>, path: PathBuf, retention: Retention, c: &Counters) {
     let mut store: Option<Store> = None;
     let mut batch = Batch::new();
     let mut next_commit = Instant::now() + COMMIT_EVERY;
@@ -113,17 +181,22 @@ fn write(rx: mpsc::Receiver<Observation>, path: PathBuf, retention: Retention, c
     let mut last_error: Option<String> = None;
     loop {
         let wait = next_commit.saturating_duration_since(Instant::now());
+        let mut hunt = None;
         let closed = match rx.recv_timeout(wait) {
-            Ok(o) => {
+            Ok(Msg::Observation(o)) => {
                 if let Err(e) = batch.add(&o) {
                     c.dropped.add("input", &e.to_string(), 1);
                 }
                 false
             }
+            Ok(Msg::Hunt(h)) => {
+                hunt = Some(h);
+                false
+            }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        if !closed && Instant::now() < next_commit {
+        if !closed && hunt.is_none() && Instant::now() < next_commit {
             continue;
         }
         next_commit = Instant::now() + COMMIT_EVERY;
@@ -159,6 +232,11 @@ fn write(rx: mpsc::Receiver<Observation>, path: PathBuf, retention: Retention, c
             }
             batch = Batch::new();
         }
+        if let Some(h) = hunt {
+            let answer = answer_hunt(&mut store, &path, retention, &h);
+            // The asker may have given up (shutdown): nothing to do then.
+            let _ = h.reply.send(answer);
+        }
         let today = time::OffsetDateTime::now_utc()
             .unix_timestamp()
             .div_euclid(86_400);
@@ -176,6 +254,31 @@ fn write(rx: mpsc::Receiver<Observation>, path: PathBuf, retention: Retention, c
     }
 }
 
+/// Runs a retro-hunt question on the store (opened now if no answer was committed yet: a store
+/// left by an earlier run still holds the window).
+fn answer_hunt(
+    store: &mut Option<Store>,
+    path: &std::path::Path,
+    retention: Retention,
+    h: &Hunt,
+) -> Result<Vec<Resolved>, String> {
+    if store.is_none() {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        *store = Some(Store::open(path, retention).map_err(|e| e.to_string())?);
+    }
+    let Some(s) = store.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (name, exact) in &h.names {
+        let rows = s.clients_of(name, h.since).map_err(|e| e.to_string())?;
+        out.extend(rows.into_iter().filter(|r| !exact || r.1 == *name));
+    }
+    Ok(out)
+}
+
 impl Sink for PdnsSink {
     fn name(&self) -> &'static str {
         "pdns"
@@ -189,7 +292,7 @@ impl Sink for PdnsSink {
             return;
         };
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        match tx.as_ref().map(|t| t.try_send(o)) {
+        match tx.as_ref().map(|t| t.try_send(Msg::Observation(o))) {
             Some(Ok(())) => {}
             Some(Err(TrySendError::Full(_))) => c.dropped.add("queue", "queue_full", 1),
             Some(Err(TrySendError::Disconnected(_))) | None => c.dropped.add("queue", "closed", 1),

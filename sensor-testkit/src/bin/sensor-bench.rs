@@ -519,12 +519,65 @@ fn lists() -> (Vec<ipnet::IpNet>, Vec<ipnet::IpNet>) {
     )
 }
 
+/// Blocking by resolution on (a second object, built with the switch on), with 1,000 listed
+/// names (`evil.example` among them) and 10,000 blocked destinations (192.0.2.200 among them).
+fn resolved_object(
+    allow: &[ipnet::IpNet],
+    block: &[ipnet::IpNet],
+) -> anyhow::Result<(aya::Ebpf, Maps)> {
+    use sensor_kernel::lists::resolved::{DestBlock, Listing, ResolvedMaps};
+    let mut ebpf = loader::load(
+        &ProgramSettings {
+            resolved: Some((300, 86_400)),
+            ..ProgramSettings::default()
+        },
+        None,
+    )?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    maps.fill(allow, block)?;
+    let mut r = ResolvedMaps::take(&mut ebpf)?;
+    let mut names: Vec<Listing> = (0..999)
+        .map(|i| Listing {
+            name: format!("c2-{i}.bad{}.example", i % 17),
+            expires_unix: 0,
+            exact: i % 3 == 0,
+            source: sensor_common::resolved::NAME_FROM_FEED,
+        })
+        .collect();
+    names.push(Listing {
+        name: "evil.example".into(),
+        expires_unix: 0,
+        exact: false,
+        source: sensor_common::resolved::NAME_FROM_FEED,
+    });
+    r.set_names(&names)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let dests: Vec<DestBlock> = (0..9_999u32)
+        .map(|i| Ipv4Addr::from(0xc612_0000 | i))
+        .chain([Ipv4Addr::new(192, 0, 2, 200)])
+        .map(|ip| DestBlock {
+            address: IpAddr::V4(ip),
+            name: "evil.example".into(),
+            client: v4(192, 168, 10, 20),
+            ttl: 3600,
+            expires_unix: now + 3600,
+        })
+        .collect();
+    r.block(&dests, now)?;
+    Ok((ebpf, maps))
+}
+
 fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
     let mut ebpf = loader::load(&ProgramSettings::default(), None)?;
     let mut maps = Maps::take(&mut ebpf)?;
     let (allow, block) = lists();
     maps.fill(&allow, &block)?;
     loader::named_program(&mut ebpf, NOOP_PROGRAM_NAME).load()?;
+    let (mut ebpf_on, mut maps_on) = resolved_object(&allow, &block)?;
+    let to_443 =
+        |dst: IpAddr| ip_frame(v4(192, 168, 10, 20), dst, UDP, &udp(40000, 443, &[0u8; 64]));
 
     let q4 = udp_query_frame(
         v4(192, 168, 10, 20),
@@ -534,8 +587,14 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
         "www.example.com",
         1,
     );
-    let mut classes: Vec<(&str, &str, Vec<u8>)> = vec![
-        ("no-op XDP program (floor)", NOOP_PROGRAM_NAME, q4.clone()),
+    // (name, program, frame, blocking by resolution on)
+    let mut classes: Vec<(&str, &str, Vec<u8>, bool)> = vec![
+        (
+            "no-op XDP program (floor)",
+            NOOP_PROGRAM_NAME,
+            q4.clone(),
+            false,
+        ),
         (
             "non-DNS (IPv4 UDP/443)",
             PROGRAM_NAME,
@@ -545,8 +604,9 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
                 UDP,
                 &udp(40000, 443, &[0u8; 64]),
             ),
+            false,
         ),
-        ("IPv4 query", PROGRAM_NAME, q4.clone()),
+        ("IPv4 query", PROGRAM_NAME, q4.clone(), false),
         (
             "IPv6 query",
             PROGRAM_NAME,
@@ -558,6 +618,7 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
                 "www.example.com",
                 28,
             ),
+            false,
         ),
         (
             "allowlisted query",
@@ -570,6 +631,7 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
                 "www.example.com",
                 1,
             ),
+            false,
         ),
         (
             "blocklisted source",
@@ -582,22 +644,57 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
                 "www.example.com",
                 1,
             ),
+            false,
         ),
-        ("IPv4 response, 4 A", PROGRAM_NAME, response_frame(false, 0)),
+        (
+            "IPv4 response, 4 A",
+            PROGRAM_NAME,
+            response_frame(false, 0),
+            false,
+        ),
         (
             "IPv4 response, CNAME + 4 A",
             PROGRAM_NAME,
             response_frame(true, 0),
+            false,
         ),
         (
             "IPv4 response, NXDOMAIN",
             PROGRAM_NAME,
             response_frame(false, 3),
+            false,
+        ),
+        // Blocking by resolution on: every packet looks its destination up in DEST_BLOCK, and
+        // every response's name is hashed and its suffixes probed in NAME_FILTER/BAD_NAMES.
+        ("on: IPv4 query", PROGRAM_NAME, q4.clone(), true),
+        (
+            "on: non-DNS (IPv4 UDP/443)",
+            PROGRAM_NAME,
+            to_443(v4(10, 0, 0, 1)),
+            true,
+        ),
+        (
+            "on: response, 4 A, clean",
+            PROGRAM_NAME,
+            response_frame(false, 0),
+            true,
+        ),
+        (
+            "on: response, 4 A, listed",
+            PROGRAM_NAME,
+            response_frame_for("www.evil.example", false, 0),
+            true,
+        ),
+        (
+            "on: packet to a blocked dest",
+            PROGRAM_NAME,
+            to_443(v4(192, 0, 2, 200)),
+            true,
         ),
     ];
     if let Some(only) = only {
         let floor = classes.remove(0);
-        classes.retain(|(name, _, _)| name.contains(only));
+        classes.retain(|(name, _, _, _)| name.contains(only));
         classes.insert(0, floor);
     }
     // Chunks stay below the ring buffer's capacity (8 MiB / 384 B ≈ 21k response records), and
@@ -607,28 +704,37 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
     let per_round = (repeat / rounds).max(chunk);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); classes.len()];
     for _ in 0..rounds {
-        for (i, (_, prog, frame)) in classes.iter().enumerate() {
+        for (i, (_, prog, frame, on)) in classes.iter().enumerate() {
             let mut total_ns = 0f64;
             let mut n = 0u32;
+            let (object, m) = if *on {
+                (&mut ebpf_on, &mut maps_on)
+            } else {
+                (&mut ebpf, &mut maps)
+            };
             while n < per_round {
-                let r = loader::named_program(&mut ebpf, prog).test_run(TestRunOptions {
+                let r = loader::named_program(object, prog).test_run(TestRunOptions {
                     data_in: Some(frame),
                     repeat: chunk,
                     ..TestRunOptions::new()
                 })?;
                 total_ns += r.duration.as_nanos() as f64 * chunk as f64;
                 n += chunk;
-                while maps.events.next().is_some() {}
+                while m.events.next().is_some() {}
             }
             samples[i].push(total_ns / n as f64);
         }
     }
     let counters = maps.counters()?;
-    if counters.ring_full != 0 {
+    let on = maps_on.counters()?;
+    if counters.ring_full != 0 || on.ring_full != 0 {
         bail!(
             "the ring buffer filled during the benchmark ({} records lost): results invalid",
-            counters.ring_full
+            counters.ring_full + on.ring_full
         );
+    }
+    if only.is_none() && (on.resolved_blocks == 0 || on.dest_blocked == 0) {
+        bail!("blocking by resolution never acted: the 'on:' classes measured the wrong path");
     }
     for v in &mut samples {
         v.sort_by(f64::total_cmp);
@@ -647,7 +753,7 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
         "{:<28} {:>10} {:>10} {:>10} {:>10}",
         "class", "median ns", "x floor", "fastest ns", "x floor"
     );
-    for (i, (name, _, _)) in classes.iter().enumerate() {
+    for (i, (name, _, _, _)) in classes.iter().enumerate() {
         println!(
             "{name:<28} {:>10.1} {:>10.2} {:>10.1} {:>10.2}",
             medians[i],
@@ -662,21 +768,23 @@ fn micro(repeat: u32, rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
 /// A response from 10.0.0.53 to a client for www.example.com: four A records behind a pointer
 /// to the question (after a CNAME to edge.cdn.example when `cname`), or none with `rcode`.
 fn response_frame(cname: bool, rcode: u16) -> Vec<u8> {
+    response_frame_for("www.example.com", cname, rcode)
+}
+
+/// [`response_frame`] for another name.
+fn response_frame_for(name: &str, cname: bool, rcode: u16) -> Vec<u8> {
     let mut answers = Vec::new();
     let mut owner = QNAME_PTR;
     if cname {
         answers = rr(&QNAME_PTR, 5, 300, &wire_name("edge.cdn.example"));
-        owner = [
-            0xc0,
-            (12 + wire_name("www.example.com").len() + 4 + 12) as u8,
-        ];
+        owner = [0xc0, (12 + wire_name(name).len() + 4 + 12) as u8];
     }
     let count = if rcode == 0 { 4 } else { 0 };
     for i in 0..count {
         answers.extend(rr(&owner, 1, 60, &[192, 0, 2, i as u8 + 1]));
     }
     let ancount = count + u16::from(cname);
-    let msg = dns_response(1, 0x8180 | rcode, "www.example.com", 1, ancount, &answers);
+    let msg = dns_response(1, 0x8180 | rcode, name, 1, ancount, &answers);
     ip_frame(
         v4(10, 0, 0, 53),
         v4(192, 168, 10, 20),

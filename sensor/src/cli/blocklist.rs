@@ -1,8 +1,11 @@
-//! `sensor blocklist show|resolved|run|unblock|allow|revoke|list`: the running sensor's BLOCKLIST and its
+//! `sensor blocklist show|resolved|unlist|relist|run|unblock|allow|revoke|list`: the running sensor's BLOCKLIST and its
 //! firewalls' EDL fetches, one run of the nightly job, and the operator's decisions.
 
 use ipnet::IpNet;
-use sensor_blocklist::operator::{self, Outcome, Target};
+use sensor_blocklist::{
+    operator::{self, Outcome, Target},
+    resolved::unlisted::{self, UnlistedFileAt},
+};
 use sensor_kernel::lists::blocklist as kernel;
 
 use crate::config::Config;
@@ -19,16 +22,16 @@ pub fn resolved(config: Config, json: bool) -> anyhow::Result<()> {
     let maps = ResolvedMaps::open_pinned(&pin_dir)?;
     let blocked = maps.blocked()?;
     let names = maps.names()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let unlisted: Vec<_> = UnlistedFileAt::new(&config.blocklist.policy.state_dir)
+        .load()?
+        .into_iter()
+        .filter(|u| u.active(now))
+        .collect();
     if json {
-        let names: Vec<_> = names
-            .iter()
-            .map(|(name, expires, hits)| {
-                serde_json::json!({"name": name, "expires_unix": expires, "hits": hits})
-            })
-            .collect();
         println!(
             "{}",
-            serde_json::json!({"blocked": blocked, "names": names})
+            serde_json::json!({"blocked": blocked, "names": names, "unlisted": unlisted})
         );
         return Ok(());
     }
@@ -50,13 +53,84 @@ pub fn resolved(config: Config, json: bool) -> anyhow::Result<()> {
     }
     println!("# {} blocked destinations\n", blocked.len());
     println!(
-        "{:<40}  {:<20}  {:>9}",
-        "listed name", "expires", "responses"
+        "{:<42}  {:<16}  {:<20}  {:>9}",
+        "listed name", "source", "expires", "responses"
     );
-    for (name, expires, hits) in &names {
-        println!("{name:<40}  {:<20}  {hits:>9}", t(*expires));
+    for n in &names {
+        let shown = if n.exact {
+            format!("={}", n.name)
+        } else {
+            n.name.clone()
+        };
+        println!(
+            "{shown:<42}  {:<16}  {:<20}  {:>9}",
+            n.sources.join(","),
+            t(n.expires_unix),
+            n.hits
+        );
     }
     println!("# {} listed names", names.len());
+    if !unlisted.is_empty() {
+        println!(
+            "\n{:<42}  {:<20}  {:<12}  reason",
+            "unlisted name", "until", "by"
+        );
+        for u in &unlisted {
+            println!(
+                "{:<42}  {:<20}  {:<12}  {}",
+                u.name,
+                t(u.until.map_or(0, |x| x.max(0) as u64)),
+                u.by,
+                u.reason
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn unlist(
+    config: Config,
+    name: &str,
+    for_: Option<String>,
+    reason: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let for_ = parse_for(for_)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let until = for_.map(|d| now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
+    let o = unlisted::unlist(
+        &config.blocklist.policy.state_dir,
+        &config.pin_dir(),
+        name,
+        until,
+        reason,
+        &who(),
+        now,
+    )?;
+    print_name(&o, json)
+}
+
+pub fn relist(config: Config, name: &str, reason: &str, json: bool) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let o = unlisted::relist(
+        &config.blocklist.policy.state_dir,
+        name,
+        reason,
+        &who(),
+        now,
+    )?;
+    print_name(&o, json)
+}
+
+fn print_name(o: &unlisted::NameOutcome, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(o)?);
+    } else {
+        println!(
+            "{} {} by {}: {} listing and {} blocked destination(s) removed now",
+            o.action, o.name, o.by, o.names_removed, o.destinations_removed
+        );
+    }
     Ok(())
 }
 
@@ -123,6 +197,15 @@ fn parse_net(text: &str) -> anyhow::Result<IpNet> {
     Ok(net)
 }
 
+/// `--for DURATION` (`2h`, `30m`, `7days`).
+fn parse_for(for_: Option<String>) -> anyhow::Result<Option<std::time::Duration>> {
+    for_.map(|f| {
+        humantime::parse_duration(&f)
+            .map_err(|e| anyhow::anyhow!("--for {f:?}: {e} (e.g. 2h, 30m, 7days)"))
+    })
+    .transpose()
+}
+
 /// Who typed the command (taken before a switch to the state directory's owner).
 fn who() -> String {
     super::state_owner::invoker()
@@ -183,12 +266,7 @@ pub fn unblock(
     reason: &str,
     json: bool,
 ) -> anyhow::Result<()> {
-    let for_ = for_
-        .map(|f| {
-            humantime::parse_duration(&f)
-                .map_err(|e| anyhow::anyhow!("--for {f:?}: {e} (e.g. 2h, 30m, 7days)"))
-        })
-        .transpose()?;
+    let for_ = parse_for(for_)?;
     let net = parse_net(net)?;
     let now = time::OffsetDateTime::now_utc();
     let o = with_target(&config, |t| {

@@ -10,6 +10,7 @@ use crate::config::Config;
 mod blocklist;
 mod check_config;
 mod pdns;
+mod replay;
 mod run;
 mod state_owner;
 mod stats;
@@ -35,6 +36,21 @@ pub enum Command {
         /// Interface to attach to (repeatable); replaces `capture.interfaces`.
         #[arg(long, short)]
         interface: Vec<String>,
+    },
+    /// Run capture files (pcap, pcapng) through the same XDP program (BPF_PROG_TEST_RUN) and
+    /// the same stages as live traffic, with the capture's timestamps and today's intel. Needs
+    /// root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN); attaches and pins nothing.
+    Replay {
+        /// Config file (TOML): lists, intel and sinks as the daemon would use them. Without it
+        /// the embedded defaults apply: JSON lines on stdout.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the summary (on stderr) as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Capture files, replayed in this order as one stream.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Print the kernel counters of a running sensor.
     Stats {
@@ -97,6 +113,34 @@ pub enum BlocklistCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a name off blocking by resolution (its listing and the destinations blocked for
+    /// it) now, and keep it off whichever source lists it (feed, verdict, config) for a while
+    /// or until `relist`; audited.
+    Unlist {
+        /// The listed name (as `sensor blocklist resolved` shows it).
+        name: String,
+        /// How long it stays off (e.g. `2h`, `7days`); default: until `relist`.
+        #[arg(long = "for")]
+        for_: Option<String>,
+        /// Why (recorded in the audit log with who and when).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an `unlist`: the name is listed again if a source still lists it.
+    Relist {
+        name: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -194,6 +238,11 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, interface } => run::run(config, interface),
+        Command::Replay {
+            config,
+            json,
+            files,
+        } => replay::replay(config, files, json),
         Command::Stats { config, json } => stats::stats(load_config(config.as_ref())?, json),
         Command::CheckConfig {
             file,
@@ -231,6 +280,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(config.as_ref())?;
             state_owner::become_owner(&config.blocklist.policy.state_dir)?;
             blocklist::unblock(config, &net, for_, &reason, json)
+        }
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Unlist {
+                    name,
+                    for_,
+                    reason,
+                    config,
+                    json,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::unlist(config, &name, for_, &reason, json)
+        }
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Relist {
+                    name,
+                    reason,
+                    config,
+                    json,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            state_owner::become_owner(&config.blocklist.policy.state_dir)?;
+            blocklist::relist(config, &name, &reason, json)
         }
         Command::Blocklist {
             command:

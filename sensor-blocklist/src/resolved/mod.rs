@@ -5,6 +5,10 @@
 //! `unblock`) goes into DEST_PROTECT, and destinations it covers are removed at once. So
 //! `sensor blocklist unblock ADDR` undoes a block by resolution too, and keeps it undone.
 
+pub mod intel;
+pub mod sink;
+pub mod unlisted;
+
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -26,6 +30,13 @@ pub struct ResolvedSection {
     pub max_secs: u32,
     /// Names the operator lists (each covers its subdomains; `=name` covers the name only).
     pub names: Vec<String>,
+    /// List every domain feed's names too (`[[intel.feeds]]` of kind `domains`, re-listed when
+    /// a feed reloads).
+    pub feeds: bool,
+    /// List names the verdict cache judges malicious (ThreatBook), each for `verdict_secs`.
+    pub verdicts: bool,
+    /// How long a name listed on a verdict stays listed, seconds.
+    pub verdict_secs: u32,
 }
 
 impl Default for ResolvedSection {
@@ -35,6 +46,9 @@ impl Default for ResolvedSection {
             min_secs: 300,
             max_secs: 86_400,
             names: Vec::new(),
+            feeds: true,
+            verdicts: true,
+            verdict_secs: 86_400,
         }
     }
 }
@@ -54,6 +68,12 @@ impl ResolvedSection {
                     "must be between min_secs ({}) and 604800 (a week)",
                     self.min_secs
                 ),
+            });
+        }
+        if self.verdict_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "blocklist.resolved.verdict_secs",
+                message: "must be at least 1".into(),
             });
         }
         for n in &self.names {
@@ -81,11 +101,13 @@ impl ResolvedSection {
                     name: exact.to_owned(),
                     expires_unix: 0,
                     exact: true,
+                    source: sensor_common::resolved::NAME_FROM_CONFIG,
                 },
                 None => Listing {
                     name: n.clone(),
                     expires_unix: 0,
                     exact: false,
+                    source: sensor_common::resolved::NAME_FROM_CONFIG,
                 },
             })
             .collect()
