@@ -158,6 +158,14 @@ counters! {
     /// segment met while the continuation program is missing: only a crashed keep-blocking
     /// run's program, for the moment its successor takes over.)
     tcp_pipeline_limit = TcpPipelineLimit, false;
+    /// Responses for listed names rewritten into NXDOMAIN in place (`blocklist.resolved.rewrite
+    /// = "nxdomain"`, XDP only): the client gets the question back with RCODE 3 and no records.
+    /// Their answers were still recorded and blocked first.
+    resolved_rewritten = ResolvedRewritten, false;
+    /// Responses for listed names that the rewrite leaves unchanged although it is on: over TCP
+    /// (a segment is never cut), or with answers the program did not read whole (the walk
+    /// stopped early, or 8 or more addresses, so a protected one could be among those unread).
+    resolved_rewrite_skipped = ResolvedRewriteSkipped, false;
 }
 
 /// Number of counters.

@@ -155,4 +155,20 @@ impl Packet {
             Some(unsafe { core::ptr::read_unaligned(p as *const T) })
         }
     }
+
+    /// Writes a `T` at `off` with one store of its size; false when it is not all inside the
+    /// packet. Only the XDP program writes (the NXDOMAIN rewrite, see `rewrite`): the TC
+    /// egress program observes.
+    #[inline(always)]
+    pub fn store<T: Copy>(&self, off: usize, v: T) -> bool {
+        let p = self.start + off;
+        if p + core::mem::size_of::<T>() > self.end {
+            false
+        } else {
+            // SAFETY: the bytes lie inside [data, data_end), which XDP may write;
+            // write_unaligned has no alignment requirement, and T is plain data.
+            unsafe { core::ptr::write_unaligned(p as *mut T, v) };
+            true
+        }
+    }
 }

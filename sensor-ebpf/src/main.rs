@@ -47,6 +47,8 @@ mod program;
 #[cfg(target_arch = "bpf")]
 mod resolved;
 #[cfg(target_arch = "bpf")]
+mod rewrite;
+#[cfg(target_arch = "bpf")]
 mod transport;
 
 /// Why a packet's path ended: the outcome counter to increment.

@@ -30,7 +30,7 @@ use sensor_common::{
 use crate::{
     Outcome, answers,
     cursor::{Ctx, Packet},
-    dns, ethernet, ip, resolved, transport,
+    dns, ethernet, ip, resolved, rewrite, transport,
 };
 
 #[btf_map]
@@ -74,8 +74,8 @@ pub(crate) struct Scratch {
     dns_end: u32,
     /// The answer walk's position, passed through memory (see `answers::walk`).
     pub(crate) walk_pos: u32,
-    /// Explicit padding; unused.
-    _pad: u32,
+    /// Offset of the IP header (for the NXDOMAIN rewrite, see `rewrite::nxdomain`).
+    pub(crate) l3_off: u32,
     /// `bpf_jiffies64()` when `ev.ts_mono_ns` was last read from the coarse clock.
     clock_jiffies: u64,
     /// Bit `i`: a label of the QNAME starts at byte `i` (see `resolved::on_response`).
@@ -92,8 +92,21 @@ pub(crate) struct Scratch {
     next_off: u32,
     seg_end: u32,
     msg_index: u32,
-    /// Explicit padding; unused.
-    _pad2: u32,
+    /// The end of a response's question (for the NXDOMAIN rewrite, which cuts the message
+    /// there).
+    pub(crate) q_end: u32,
+    /// 1: an answer address of this response is protected (DEST_PROTECT), so it is not
+    /// rewritten (see `resolved::block_answers`).
+    pub(crate) protected_hit: u32,
+    /// 1: `dns_sensor` rewrites this response into NXDOMAIN once the rest of the run is done
+    /// (see `rewrite::nxdomain`).
+    pub(crate) rewrite: u32,
+    /// Offset of the transport header (for the NXDOMAIN rewrite).
+    pub(crate) l4_off: u32,
+    /// The rewritten datagram's length, passed through memory (see `rewrite::nxdomain`).
+    pub(crate) csum_len: u32,
+    /// The rewritten UDP datagram and its pseudo-header are summed here (see `rewrite`).
+    pub(crate) csum_buf: [u64; crate::rewrite::CSUM_WORDS],
 }
 
 // The answer addresses are read as aligned u64 words (see `resolved::block_answers`).
@@ -150,10 +163,26 @@ pub fn dns_sensor(ctx: XdpContext) -> u32 {
     if outcome == Counter::Blocked || outcome == Counter::DestBlocked {
         return XDP_DROP;
     }
+    // Last, once the record is sent and the answers blocked: both describe the response as
+    // the server sent it. Inline mode only (a mirror's copy is dropped anyway; the config
+    // refuses the combination).
+    if resolved::enabled() && rewrite::enabled() && rewrite_pending(seen) && !mirror() {
+        rewrite::nxdomain(&ctx, counters, seen);
+    }
     if more_messages(seen) {
         pipeline(&ctx, counters, &NEXT_XDP, 1);
     }
     xdp_action()
+}
+
+/// Whether `response` marked this packet's response for the NXDOMAIN rewrite (`seen` as for
+/// [`more_messages`]).
+#[inline(always)]
+fn rewrite_pending(seen: *mut Scratch) -> bool {
+    // SAFETY: non-null, `seen` is this CPU's scratch slot (valid for the run), whose `rewrite`
+    // `process` cleared for this packet; volatile, so it is read from memory.
+    !seen.is_null()
+        && unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*seen).rewrite)) } == 1
 }
 
 /// Whether `process` left a TCP segment's next message for the continuation (see `process`):
@@ -169,12 +198,14 @@ fn more_messages(seen: *mut Scratch) -> bool {
 /// The action for a packet that is not dropped for its source or destination.
 #[inline(always)]
 fn xdp_action() -> u32 {
+    if mirror() { XDP_DROP } else { XDP_PASS }
+}
+
+/// Mirror mode: the packets are copies.
+#[inline(always)]
+fn mirror() -> bool {
     // SAFETY: plain read of a static; volatile because the loader rewrites it before loading.
-    if unsafe { core::ptr::read_volatile(&MODE) } == MODE_MIRROR {
-        XDP_DROP
-    } else {
-        XDP_PASS
-    }
+    unsafe { core::ptr::read_volatile(&MODE) == MODE_MIRROR }
 }
 
 /// Continuation programs, one per program type (a program array holds programs of the type
@@ -555,6 +586,12 @@ fn process<C: Ctx>(
         // The segment goes on after this message (TCP's `dns_end` is never saturated).
         let more = l4.proto == ip::IPPROTO_TCP && l4.dns_end < seg_end(&pkt, l3.end);
         (*scratch).msg_index = u32::from(more);
+        // The rewrite's mark starts clear for every packet (the slot keeps the last one's).
+        if C::ENFORCES && rewrite::enabled() {
+            (*scratch).rewrite = 0;
+            (*scratch).l3_off = l3.off as u32;
+            (*scratch).l4_off = l3.l4_off as u32;
+        }
         if more {
             (*scratch).next_off = l4.dns_end as u32;
             (*scratch).seg_end = if l3.end > u32::MAX as usize {
@@ -698,6 +735,9 @@ fn response<C: Ctx>(
         (*ev).kind = RECORD_RESPONSE;
         (*ev)._pad = 0;
         (*scratch).walk_pos = (q.name_off + (q.name_len & 0xff) + 4) as u32;
+        if C::ENFORCES && rewrite::enabled() {
+            (*scratch).q_end = (*scratch).walk_pos;
+        }
     }
     bump(counters, Counter::DnsResponses);
     // SAFETY: a plain read of a static the loader sets; volatile so it is not folded.
@@ -801,6 +841,9 @@ fn response<C: Ctx>(
     }
     if resolved::enabled() {
         resolved::block_if_listed(counters, scratch);
+        if C::ENFORCES && rewrite::enabled() {
+            rewrite::decide(counters, scratch);
+        }
     }
     if msg_len <= MSG_ROOMS[0] {
         emit_response::<C, ResponseRecord0>(ctx, scratch, dns_off, msg_len)

@@ -112,6 +112,7 @@ pub fn find_listed<C: Ctx>(ctx: &C, counters: *mut u64, scratch: *mut Scratch) {
     // the slot keeps the previous packet's values.
     let dns_off = unsafe {
         core::ptr::addr_of_mut!((*scratch).listed_found).write_volatile(0);
+        core::ptr::addr_of_mut!((*scratch).protected_hit).write_volatile(0);
         core::ptr::read_volatile(core::ptr::addr_of!((*scratch).dns_off)) as usize
             & crate::program::MAX_OFFSET
     };
@@ -295,6 +296,8 @@ fn block_answers(counters: *mut u64, scratch: *mut Scratch, listed: NameKey) {
                 )
             };
             bump(counters, Counter::ResolvedProtected);
+            // SAFETY: a field of this CPU's scratch slot: the response is then not rewritten.
+            unsafe { core::ptr::addr_of_mut!((*scratch).protected_hit).write_volatile(1) };
             continue;
         }
         let life = if ttl < lo_secs {

@@ -108,6 +108,9 @@ pub struct ProgramSettings {
     /// Blocking by resolution: `Some((min_secs, max_secs))` bounds of a blocked destination's
     /// lifetime; `None` leaves it off (no destination check, no name check).
     pub resolved: Option<(u32, u32)>,
+    /// With blocking by resolution on: rewrite a listed name's UDP response into NXDOMAIN in
+    /// place (`blocklist.resolved.rewrite = "nxdomain"`, inline mode only).
+    pub rewrite_nxdomain: bool,
     /// Load the TC egress program too (`capture.egress`), for [`attach`] to attach beside XDP.
     pub egress: bool,
 }
@@ -120,6 +123,7 @@ impl ProgramSettings {
             precise_timestamps: c.precise_timestamps,
             responses: c.responses,
             resolved: None,
+            rewrite_nxdomain: false,
             egress: c.egress,
         }
     }
@@ -133,6 +137,7 @@ impl Default for ProgramSettings {
             precise_timestamps: false,
             responses: true,
             resolved: None,
+            rewrite_nxdomain: false,
             egress: false,
         }
     }
@@ -172,6 +177,7 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
     let responses = u32::from(settings.responses);
     let resolved_on = u32::from(settings.resolved.is_some());
     let (resolved_min, resolved_max) = settings.resolved.unwrap_or((300, 86_400));
+    let rewrite = u32::from(settings.resolved.is_some() && settings.rewrite_nxdomain);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("MODE", &mode, true)
@@ -181,7 +187,8 @@ pub fn load(settings: &ProgramSettings, pin_dir: Option<&Path>) -> Result<Ebpf, 
         .override_global("TAI_OFFSET_SECS", &tai_offset, true)
         .override_global("RESOLVED_BLOCKING", &resolved_on, true)
         .override_global("RESOLVED_MIN_SECS", &resolved_min, true)
-        .override_global("RESOLVED_MAX_SECS", &resolved_max, true);
+        .override_global("RESOLVED_MAX_SECS", &resolved_max, true)
+        .override_global("RESOLVED_REWRITE", &rewrite, true);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
