@@ -136,6 +136,16 @@ impl Config {
             &client_allow,
         )?;
         self.blocklist.validate()?;
+        // The rewrite changes packets the sensor forwards: a mirror port's are copies.
+        if self.blocklist.resolved.rewrite == sensor_blocklist::resolved::Rewrite::Nxdomain
+            && self.capture.mode != sensor_kernel::config::CaptureMode::Inline
+        {
+            return Err(ConfigError::Invalid {
+                key: "blocklist.resolved.rewrite",
+                message: "\"nxdomain\" needs capture.mode = \"inline\" (a mirror port sees copies)"
+                    .into(),
+            });
+        }
         if self.output.kind == OutputKind::File && self.output.path.is_none() {
             return Err(ConfigError::Invalid {
                 key: "output.path",
@@ -290,6 +300,35 @@ mod tests {
         .unwrap();
         assert!(!c.pdns.enabled);
         assert_eq!(c.pdns.retention().unwrap().get(), 90);
+    }
+
+    #[test]
+    fn resolved_rewrite_is_none_or_nxdomain_and_nxdomain_needs_inline_blocking() {
+        use sensor_blocklist::resolved::Rewrite;
+        let c = Config::from_toml("", "t").unwrap();
+        assert_eq!(c.blocklist.resolved.rewrite, Rewrite::None);
+        let err = Config::from_toml("[blocklist.resolved]\nrewrite = \"sinkhole\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rewrite") && err.contains("nxdomain"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let on = "[blocklist.resolved]\nenabled = true\nrewrite = \"nxdomain\"\n";
+        let c = Config::from_toml(on, "t").unwrap();
+        assert!(c.blocklist.resolved.rewrites());
+        let err = Config::from_toml(&format!("[capture]\nmode = \"mirror\"\n{on}"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("blocklist.resolved.rewrite") && err.contains("inline"),
+            "{err}"
+        );
+        let err = Config::from_toml("[blocklist.resolved]\nrewrite = \"nxdomain\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("blocklist.resolved.rewrite") && err.contains("enabled"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl Pipeline {
 
         let settings = ProgramSettings {
             resolved: config.blocklist.resolved.bounds(),
+            rewrite_nxdomain: config.blocklist.resolved.rewrites(),
             ..ProgramSettings::from_section(capture)
         };
         let mut ebpf = loader::load(&settings, Some(&pin_dir))?;

@@ -37,6 +37,35 @@ pub struct ResolvedSection {
     pub verdicts: bool,
     /// How long a name listed on a verdict stays listed, seconds.
     pub verdict_secs: u32,
+    /// What the client gets back for a listed name (`"none"`: the answer as the server sent
+    /// it; `"nxdomain"`: the XDP program rewrites a UDP response into NXDOMAIN in place, as an
+    /// RPZ would). `"nxdomain"` needs `enabled = true` and `capture.mode = "inline"`.
+    pub rewrite: Rewrite,
+}
+
+/// `blocklist.resolved.rewrite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rewrite {
+    /// The response passes unchanged (its answer addresses are blocked all the same).
+    #[default]
+    None,
+    /// A NOERROR response over UDP becomes NXDOMAIN: its question kept, no records.
+    Nxdomain,
+}
+
+// By hand rather than derived: serde's "unknown variant" message does not say which key it is
+// about, and the operator reads this one line in the log.
+impl<'de> Deserialize<'de> for Rewrite {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "none" => Ok(Self::None),
+            "nxdomain" => Ok(Self::Nxdomain),
+            other => Err(serde::de::Error::custom(format!(
+                "blocklist.resolved.rewrite must be \"none\" or \"nxdomain\", got {other:?}"
+            ))),
+        }
+    }
 }
 
 impl Default for ResolvedSection {
@@ -49,6 +78,7 @@ impl Default for ResolvedSection {
             feeds: true,
             verdicts: true,
             verdict_secs: 86_400,
+            rewrite: Rewrite::None,
         }
     }
 }
@@ -70,6 +100,12 @@ impl ResolvedSection {
                 ),
             });
         }
+        if self.rewrite == Rewrite::Nxdomain && !self.enabled {
+            return Err(ConfigError::Invalid {
+                key: "blocklist.resolved.rewrite",
+                message: "\"nxdomain\" needs blocklist.resolved.enabled = true".into(),
+            });
+        }
         if self.verdict_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "blocklist.resolved.verdict_secs",
@@ -85,6 +121,11 @@ impl ResolvedSection {
             }
         }
         Ok(())
+    }
+
+    /// Whether the program rewrites listed names' responses into NXDOMAIN.
+    pub fn rewrites(&self) -> bool {
+        self.enabled && self.rewrite == Rewrite::Nxdomain
     }
 
     /// The program's lifetime bounds when enabled.
