@@ -671,6 +671,84 @@ fn a_listed_names_addresses_are_unreachable_from_the_first_connection_clean_ones
     drop(unbound);
 }
 
+/// dig's whole answer (header, status, sections), for the status line.
+fn dig_full(topo: &Topology, server: &str, args: &[&str]) -> String {
+    let out = topo
+        .command("dig")
+        .args(["+tries=1", "+timeout=2"])
+        .arg(format!("@{server}"))
+        .args(args)
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn with_rewrite_a_listed_name_gets_nxdomain_over_udp_and_stays_unreachable_over_tcp() {
+    let client = Topology::new(false);
+    let resolver = Topology::new(false);
+    gateway(&client, &resolver);
+    let c2 = resolver.add_client_v4(50);
+    let clean = resolver.add_client_v4(60);
+    let zone = [
+        format!("www.c2.test. 60 IN A {c2}"),
+        format!("www.clean.test. 60 IN A {clean}"),
+    ];
+    let zone_refs: Vec<&str> = zone.iter().map(String::as_str).collect();
+    let unbound = Unbound::start(&resolver, &zone_refs);
+    let server = resolver.v4(2).to_string();
+    let hits = http_servers(&resolver.ns, &[c2, clean]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("rwr");
+    let metrics = free_port();
+    let config = dir.path().join("sensor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sensor]\nname = \"{name}\"\npin_root = \"/sys/fs/bpf/dns-sensor-test-{name}\"\n\
+             [capture]\ninterfaces = [\"{}\", \"{}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [blocklist.policy]\nstate_dir = \"{d}/state\"\n\
+             [blocklist.edl]\npath = \"{d}/edl.txt\"\n[pdns]\npath = \"{d}/pdns.sqlite\"\n\
+             [blocklist.resolved]\nenabled = true\nnames = [\"c2.test\"]\nrewrite = \"nxdomain\"\n",
+            client.host_if,
+            resolver.host_if,
+            d = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(sensor_bin(), &config, dir.path());
+
+    // Over UDP the client gets NXDOMAIN for the listed name: the question, no records.
+    let out = dig_full(&client, &server, &["www.c2.test", "A"]);
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    assert!(out.contains("ANSWER: 0,"), "{out}");
+    assert!(out.contains(";www.c2.test.\t"), "the question: {out}");
+    assert!(!out.contains(&c2.to_string()), "{out}");
+    // A clean name resolves as the resolver answered.
+    let out = dig_full(&client, &server, &["www.clean.test", "A"]);
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(out.contains(&clean.to_string()), "{out}");
+    assert!(curl(&client, clean), "a clean server");
+    // Over TCP the answer passes as sent (a segment is never cut), but its address was
+    // blocked in the same run: a client that asks over TCP still cannot connect.
+    let out = dig_full(&client, &server, &["+tcp", "www.c2.test", "A"]);
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(out.contains(&c2.to_string()), "{out}");
+    assert!(!curl(&client, c2), "blocked");
+    assert_eq!(hits[0].load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        metric(metrics, "dns_sensor_kernel_resolved_rewritten_total"),
+        1
+    );
+    assert_eq!(
+        metric(metrics, "dns_sensor_kernel_resolved_rewrite_skipped_total"),
+        1
+    );
+    daemon.stop();
+    drop(unbound);
+}
+
 /// Names of the programs attached to the TCX egress hook of `dev` in namespace `ns` (the
 /// kernel's own list; this bpftool predates TCX and does not show them).
 fn tcx_egress(ns: &str, dev: &str) -> Vec<String> {
