@@ -261,7 +261,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// SIGHUP as a stream, for [`Watcher::run`]. Installing the handler replaces the default action
 /// (terminate) for the whole process, for good.
-pub fn sighup() -> std::io::Result<impl Stream<Item = ()> + Send + Unpin + 'static> {
+/// The SIGHUP stream [`sighup`] returns. A signal that arrives after it is made and before it
+/// is polled is kept (tokio records it), so a daemon makes it first and polls it when ready.
+pub type Sighup = std::pin::Pin<Box<dyn Stream<Item = ()> + Send + 'static>>;
+
+pub fn sighup() -> std::io::Result<Sighup> {
     let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     Ok(Box::pin(futures::stream::unfold(
         signal,

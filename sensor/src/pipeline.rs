@@ -189,6 +189,8 @@ pub struct Pipeline {
     sensor_name: String,
     to_enrich: Queue<Query>,
     to_sinks: Queue<Enriched>,
+    /// Made at the start of `build` (see there), polled by the reload watcher from `run`.
+    sighup: sensor_model::reload::Sighup,
 }
 
 impl Pipeline {
@@ -204,6 +206,10 @@ impl Pipeline {
         }
         let interfaces = loader::interface_indexes(&capture.interfaces)?;
         sensor_kernel::privileges::check()?;
+        // Before anything is attached or logged as ready: a `systemctl reload` (or a test) that
+        // follows "sensor attached" at once must not find SIGHUP's default action (exit) still
+        // in place; the stream keeps a signal until the watcher polls it.
+        let sighup = sensor_model::reload::sighup().context("installing the SIGHUP handler")?;
         let lock = InstanceLock::acquire(&config.sensor.name)?;
         let keep_blocking = capture.on_crash == OnCrash::KeepBlocking;
         let keep: &'static [&'static str] = if config.blocklist.keep_on_exit {
@@ -450,15 +456,13 @@ impl Pipeline {
             sensor_name: config.sensor.name.clone(),
             to_enrich,
             to_sinks,
+            sighup,
         })
     }
 
     /// Starts every stage. The returned handle stops them.
     pub fn run(self) -> anyhow::Result<Running> {
-        let reload = tokio::spawn(
-            Watcher::new(self.reloaders)
-                .run(sensor_model::reload::sighup().context("installing the SIGHUP handler")?),
-        );
+        let reload = tokio::spawn(Watcher::new(self.reloaders).run(self.sighup));
         let nightly = self.nightly.then(|| {
             tokio::spawn(daemon::schedule(
                 self.live.clone(),
