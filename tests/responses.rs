@@ -205,8 +205,9 @@ fn assert_answers_as_dug(d: &Value, dig_answer: &str, label: &str) -> usize {
     want.len()
 }
 
-#[test]
-fn a_gateway_sensor_pairs_each_answer_with_its_query_and_counts_the_unanswered() {
+/// The client's and the resolver's namespaces routed through the root namespace, and unbound
+/// serving `www.example.test` (two A, one AAAA) and its alias.
+fn example_zone_behind_a_gateway() -> (Topology, Topology, Unbound) {
     let client = Topology::new(false);
     let resolver = Topology::new(false);
     gateway(&client, &resolver);
@@ -219,6 +220,12 @@ fn a_gateway_sensor_pairs_each_answer_with_its_query_and_counts_the_unanswered()
             "alias.example.test. 600 IN CNAME www.example.test.",
         ],
     );
+    (client, resolver, unbound)
+}
+
+#[test]
+fn a_gateway_sensor_pairs_each_answer_with_its_query_and_counts_the_unanswered() {
+    let (client, resolver, unbound) = example_zone_behind_a_gateway();
     let server = resolver.v4(2).to_string();
 
     let dir = tempfile::tempdir().unwrap();
@@ -766,18 +773,7 @@ fn tcx_egress(ns: &str, dev: &str) -> Vec<String> {
 
 #[test]
 fn a_sensor_on_the_resolver_host_reports_the_answers_its_resolver_sends() {
-    let client = Topology::new(false);
-    let resolver = Topology::new(false);
-    gateway(&client, &resolver);
-    let unbound = Unbound::start(
-        &resolver,
-        &[
-            "www.example.test. 300 IN A 192.0.2.80",
-            "www.example.test. 300 IN A 192.0.2.81",
-            "www.example.test. 300 IN AAAA 2001:db8::80",
-            "alias.example.test. 600 IN CNAME www.example.test.",
-        ],
-    );
+    let (client, resolver, unbound) = example_zone_behind_a_gateway();
     let server = resolver.v4(2).to_string();
 
     // The sensor runs on the resolver host itself: in the resolver's namespace, on its one
