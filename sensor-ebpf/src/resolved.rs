@@ -287,6 +287,35 @@ fn block_answers(counters: *mut u64, scratch: *mut Scratch, listed: NameKey) {
                 core::ptr::read_volatile(core::ptr::addr_of!((*scratch).info.ttls[k])),
             )
         };
+        let life = if ttl < lo_secs {
+            lo_secs
+        } else if ttl > hi_secs {
+            hi_secs
+        } else {
+            ttl
+        };
+        let expires = now + u64::from(life);
+        // An address already blocked is refreshed without the DEST_PROTECT lookup (the costly
+        // one: a 128-bit trie walk): userspace removes every blocked address a protection
+        // covers when it adds the protection, and again at every sweep, so an entry found here
+        // was checked when it went in. Only a new entry needs the check.
+        if let Some(v) = DEST_BLOCK.get_ptr_mut(addr_key(&addr)) {
+            // SAFETY: `v` points into the element, valid for the run. Two CPUs refreshing the
+            // same entry at once may each write their expiry; either is a valid one. The
+            // responses count is a plain add, not an atomic one: it is a statistic for the
+            // operator, and a lost increment when two CPUs refresh one address in the same
+            // instant costs less than a locked add on every address of every such answer.
+            unsafe {
+                let e = core::ptr::addr_of_mut!((*v).expires_unix);
+                if core::ptr::read_volatile(e) < expires {
+                    core::ptr::write_volatile(e, expires);
+                }
+                let r = core::ptr::addr_of_mut!((*v).responses);
+                core::ptr::write_volatile(r, core::ptr::read_volatile(r).wrapping_add(1));
+            }
+            bump(counters, Counter::ResolvedBlocks);
+            continue;
+        }
         if let Some(p) = DEST_PROTECT.get(key_of(&key_buf(addr[0], addr[1]))) {
             // SAFETY: shared trie node, valid for the run; only changed atomically.
             unsafe {
@@ -298,30 +327,6 @@ fn block_answers(counters: *mut u64, scratch: *mut Scratch, listed: NameKey) {
             bump(counters, Counter::ResolvedProtected);
             // SAFETY: a field of this CPU's scratch slot: the response is then not rewritten.
             unsafe { core::ptr::addr_of_mut!((*scratch).protected_hit).write_volatile(1) };
-            continue;
-        }
-        let life = if ttl < lo_secs {
-            lo_secs
-        } else if ttl > hi_secs {
-            hi_secs
-        } else {
-            ttl
-        };
-        let expires = now + u64::from(life);
-        if let Some(v) = DEST_BLOCK.get_ptr_mut(addr_key(&addr)) {
-            // SAFETY: `v` points into the element, valid for the run. Two CPUs refreshing the
-            // same entry at once may each write their expiry; either is a valid one.
-            unsafe {
-                let e = core::ptr::addr_of_mut!((*v).expires_unix);
-                if core::ptr::read_volatile(e) < expires {
-                    core::ptr::write_volatile(e, expires);
-                }
-                atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
-                    core::ptr::addr_of_mut!((*v).responses),
-                    1,
-                );
-            }
-            bump(counters, Counter::ResolvedBlocks);
             continue;
         }
         // SAFETY: the value is built in this CPU's scratch slot (the stack is nearly used up by
