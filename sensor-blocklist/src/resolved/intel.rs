@@ -132,6 +132,9 @@ struct Counters {
 
 /// The running worker: a handle to tell it things, and its metrics.
 pub struct ResolvedIntel {
+    /// Blocking by resolution is on: answers matter (with only retro-hunt running they do not,
+    /// and the fan-out's sink hands none over).
+    blocking: bool,
     tx: Mutex<Option<SyncSender<Msg>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
@@ -159,6 +162,7 @@ impl ResolvedIntel {
     /// missed), then starts the worker. Returns the handle and how many names are listed.
     pub fn start(settings: Settings) -> Result<(Self, usize), IntelError> {
         let counters = Arc::new(Counters::default());
+        let blocking = settings.maps.is_some();
         let mut w = Worker::new(settings, counters.clone())?;
         let listed = w.sync()?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -168,6 +172,7 @@ impl ResolvedIntel {
             .map_err(IntelError::Thread)?;
         Ok((
             Self {
+                blocking,
                 tx: Mutex::new(Some(tx)),
                 worker: Mutex::new(Some(worker)),
                 counters,
@@ -184,6 +189,11 @@ impl ResolvedIntel {
                 self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Whether [`Self::answer`] wants answers (blocking by resolution is on).
+    pub fn wants_answers(&self) -> bool {
+        self.blocking
     }
 
     /// An answer seen by the fan-out (checked against the listings; remembered for late ones).

@@ -28,7 +28,7 @@ impl Sink for ResolvedSink {
 
     fn offer(&self, event: &SharedEvent) {
         let q = &event.event.query;
-        let Some(answered) = &q.answer else {
+        let Some(answered) = q.answer.as_ref().filter(|_| self.intel.wants_answers()) else {
             return;
         };
         let addresses: Vec<(IpAddr, u32)> = answered
